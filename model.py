@@ -1,0 +1,334 @@
+"""
+GPT-2, written out in one file, top to bottom.
+
+The architecture is OpenAI's GPT-2 ("Language Models are Unsupervised Multitask Learners", 2019), which is
+the original GPT decoder with the LayerNorms moved to the input of each sub-block ("pre-norm") and one extra
+LayerNorm after the last block. Every numeric detail matches the released model, so that OpenAI's weights
+(see hf_import.py) give the same logits here as in the reference implementation:
+
+    token embedding + learned absolute position embedding
+    n_layer x [ x + attn(ln_1(x)) ; x + mlp(ln_2(x)) ]     (LayerNorm eps 1e-5)
+    ln_f, then a linear head that shares its weight with the token embedding
+
+Module names are GPT-2's own (transformer.wte, transformer.h.0.attn.c_attn, ...) so that importing the
+released weights is a name-for-name copy.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # the longest context the model can see (GPT-2: 1024 learned positions)
+    vocab_size: int = 50257  # GPT-2's BPE: 50,000 merges + 256 byte tokens + <|endoftext|>
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear layers and LayerNorms, as GPT-2 has them
+    n_classes: int = 0  # > 0 adds a classification head (see GPT.classify); 0 for a plain language model
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention where position t may only look at positions <= t."""
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
+        # One matmul produces queries, keys and values for all heads at once: (C) -> (3C).
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        # The output projection writes back into the residual stream.
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+
+    def forward(self, x, kv_cache=None, layer=0):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        hs = C // self.n_head
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+
+        if kv_cache is None:
+            past = 0
+        else:
+            # Keys and values of earlier positions never change (they only saw earlier tokens), so they are
+            # computed once and kept; the new queries attend to all of them plus the new keys.
+            past = kv_cache.length
+            k, v = kv_cache.append(layer, k, v)  # (B, nh, past + T, hs)
+
+        if past == 0:
+            mask, is_causal = None, T > 1  # the usual triangle: query t sees keys 0..t
+        elif T == 1:
+            mask, is_causal = None, False  # one new token may look at everything cached before it
+        else:
+            # Several new tokens after a cached prefix: query i (absolute position past + i) sees keys 0..past+i.
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            is_causal = False
+        # softmax(q k^T / sqrt(hs)) v, computed by PyTorch's fused kernel (flash attention on GPUs that have it).
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side: (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """The position-wise feed-forward network: widen 4x, GELU, project back."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        # GPT-2 was trained with the tanh approximation of GELU; the exact (erf) GELU differs by up to ~1e-3
+        # per activation, which is enough to make the released weights give slightly different logits.
+        self.gelu = nn.GELU(approximate="tanh")
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """One transformer block. Pre-norm: each sub-block sees a normalised copy of the residual stream and adds
+    its output back, so the stream itself is never normalised and gradients flow straight through it."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, kv_cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), kv_cache, layer)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, so that generating one more token costs one
+    position of compute instead of re-running the whole context.
+
+    Storage is allocated once for `max_length` positions (B, nh, max_length, hs) per layer and filled in
+    place; `length` is how many positions are filled."""
+
+    def __init__(self, config, batch_size, max_length, device, dtype):
+        hs = config.n_embd // config.n_head
+        shape = (batch_size, config.n_head, max_length, hs)
+        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.length = 0
+        self.max_length = max_length
+
+    def append(self, layer, k, v):
+        """Store the new keys/values of `layer` after the cached ones; return all of them."""
+        start, end = self.length, self.length + k.size(2)
+        assert end <= self.max_length, "KV cache overflow: the context is longer than the cache"
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def advance(self, n):
+        """Called once all layers have appended n positions."""
+        self.length += n
+
+    def reset(self):
+        self.length = 0
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        assert config.vocab_size is not None and config.block_size is not None
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding
+                wpe=nn.Embedding(config.block_size, config.n_embd),  # position embedding (learned, absolute)
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying (Press & Wolf, 2017): the matrix that maps a token to a vector also scores vectors
+        # against every token. GPT-2 does this; it saves vocab_size * n_embd parameters (38.6M of GPT-2's 124M).
+        self.transformer.wte.weight = self.lm_head.weight
+        if config.n_classes > 0:
+            # A classifier reads the final hidden state of each sequence's last real token (see classify).
+            # No bias, as in transformers' GPT2ForSequenceClassification, so weights move across unchanged.
+            self.score = nn.Linear(config.n_embd, config.n_classes, bias=False)
+
+        self.apply(self._init_weights)
+        # GPT-2 scales the init of the layers that write into the residual stream by 1/sqrt(2 * n_layer):
+        # each block adds two such outputs to the stream, and without the scaling the variance of the stream
+        # would grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding=True):
+        """Parameter count. By default the position embedding is left out, as is usual when quoting model
+        sizes; the token embedding stays in because it is also the output layer (weight tying)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def crop_block_size(self, block_size):
+        """Shorten the context, e.g. to fine-tune GPT-2 (1024 positions) on 256-token windows: the first
+        block_size learned positions are kept and the rest dropped."""
+        assert block_size <= self.config.block_size
+        self.config.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
+
+    def hidden_states(self, idx, kv_cache=None):
+        """The final (post ln_f) hidden state of every position: (B, T, n_embd)."""
+        B, T = idx.size()
+        past = 0 if kv_cache is None else kv_cache.length
+        assert past + T <= self.config.block_size, f"sequence of {past + T} tokens > block_size {self.config.block_size}"
+        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)  # (T,)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, kv_cache, layer)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, targets=None, kv_cache=None):
+        """idx: (B, T) token ids. With targets (B, T), returns all logits (B, T, V) and the mean cross-entropy
+        (targets of -1 are ignored). Without, only the last position's logits (B, 1, V) are computed: that is
+        all sampling needs, and it skips a (T x V) matmul."""
+        x = self.hidden_states(idx, kv_cache)
+        if targets is not None:
+            logits = self.lm_head(x)
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            return logits, loss
+        return self.lm_head(x[:, [-1], :]), None
+
+    def classify(self, idx, lengths):
+        """Class logits (B, n_classes) for a right-padded batch. lengths (B,) holds each row's true length.
+
+        The representation of a sequence is the hidden state of its last real token, the only position that
+        has seen the whole text. The batch is right-padded, so with causal attention the padding (whatever its
+        id) comes after every real token and cannot change their states. The index is taken from the true
+        lengths and never by searching for a pad id: GPT-2 has no pad token, the usual stand-in is
+        <|endoftext|> (50256), and that can also occur inside a text."""
+        x = self.hidden_states(idx)  # (B, T, C)
+        last = (lengths - 1).clamp(min=0)  # (B,)
+        pooled = x[torch.arange(idx.size(0), device=idx.device), last]  # (B, C)
+        return self.score(pooled)
+
+    def flops_per_token(self, T=None):
+        """Training FLOPs per token (forward + backward), as in the PaLM paper, appendix B: 6 per parameter
+        (2 forward, 4 backward) for the matmuls, plus attention's own 6 * 2 * n_layer * T * n_embd
+        (scores q.k and the weighted sum of v, over a context of T)."""
+        cfg = self.config
+        T = cfg.block_size if T is None else T
+        return 6 * self.num_params() + 12 * cfg.n_layer * T * cfg.n_embd
+
+    def configure_optimizer(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW with weight decay on the matmul weights only (every parameter with 2 or more dimensions,
+        embeddings included). Biases and LayerNorm gains are left alone: decaying them toward zero only
+        fights the normalisation and has no regularising effect."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        # The fused kernel updates all parameters in one launch instead of a dozen per tensor. It exists for
+        # CUDA and CPU tensors; MPS gets the default implementation.
+        fused = device_type in ("cuda", "cpu")
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx,
+        max_new_tokens,
+        temperature=1.0,
+        top_k=None,
+        top_p=None,
+        stop_token=None,
+        generator=None,
+        use_cache=True,
+    ):
+        """Continue each row of idx (B, T) by up to max_new_tokens tokens and return the whole (B, T + new).
+
+        temperature 0 is greedy decoding. With stop_token, a row that produced it is padded with it from then on,
+        and generation ends when every row has.
+
+        With the KV cache the prompt is run once ("prefill") and each further step runs only the newest token.
+        Positions are learned and absolute, so the cache cannot simply slide once the text is longer than
+        block_size: a key computed at position 700 means something different at position 699. Past that point
+        the model is re-run on the last block_size tokens at every step, exactly as without a cache, so the
+        output is the same either way."""
+        cache = None
+        if use_cache:
+            cache = KVCache(self.config, idx.size(0), self.config.block_size, idx.device, self._cache_dtype())
+        finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        new = idx  # the tokens the model has not seen yet
+        for _ in range(max_new_tokens):
+            if cache is not None and cache.length + new.size(1) <= self.config.block_size:
+                logits, _ = self(new, kv_cache=cache)
+            else:
+                if cache is not None:
+                    cache.reset()  # past block_size: recompute the window from scratch (see docstring)
+                logits, _ = self(idx[:, -self.config.block_size :], kv_cache=cache)
+            next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
+            if stop_token is not None:
+                next_token = torch.where(finished[:, None], torch.full_like(next_token, stop_token), next_token)
+                finished |= next_token[:, 0] == stop_token
+            idx = torch.cat((idx, next_token), dim=1)
+            new = next_token
+            if stop_token is not None and bool(finished.all()):
+                break
+        return idx
+
+    def _cache_dtype(self):
+        # Under autocast the keys and values come out of c_attn in the autocast dtype; keep the cache in it.
+        if torch.is_autocast_enabled(self.lm_head.weight.device.type):
+            return torch.get_autocast_dtype(self.lm_head.weight.device.type)
+        return self.lm_head.weight.dtype
+
+
+def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Pick the next token from logits (B, V). Returns (B, 1).
+
+    temperature 0: the most likely token (greedy). Otherwise the logits are divided by the temperature (< 1
+    sharpens the distribution, > 1 flattens it), then optionally restricted to the top_k most likely tokens
+    and to the smallest set whose probability reaches top_p ("nucleus" sampling, Holtzman et al. 2019)."""
+    if temperature == 0:
+        return torch.argmax(logits, dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, descending=True)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        # Drop a token when the tokens ranked above it already reach top_p; the first token is always kept.
+        drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= top_p
+        drop = drop_sorted.scatter(1, sorted_idx, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
