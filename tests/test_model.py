@@ -1,0 +1,135 @@
+"""The model's behaviour: causality, the KV cache, sampling, init and learning."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from model import GPT, KVCache, sample_next_token
+
+
+def test_changing_a_future_token_leaves_earlier_logits_unchanged():
+    model = GPT(tiny_config()).eval()
+    idx = torch.randint(0, 37, (2, 12))
+    changed = idx.clone()
+    changed[:, 7] = (changed[:, 7] + 1) % 37
+    with torch.no_grad():
+        a, _ = model(idx, targets=idx)
+        b, _ = model(changed, targets=changed)
+    assert torch.equal(a[:, :7], b[:, :7])
+    assert not torch.allclose(a[:, 7:], b[:, 7:])
+
+
+def test_kv_cache_logits_match_full_recomputation():
+    model = GPT(tiny_config()).eval()
+    idx = torch.randint(0, 37, (3, 16))
+    with torch.no_grad():
+        full, _ = model(idx, targets=idx)  # logits at every position
+        cache = KVCache(model.config, 3, 16, "cpu", torch.float32)
+        first, _ = model(idx[:, :5], kv_cache=cache)  # prefill 5 tokens
+        steps = [first[:, -1]]
+        chunk, _ = model(idx[:, 5:8], kv_cache=cache)  # several tokens after a cached prefix
+        steps.append(chunk[:, -1])
+        for t in range(8, 16):  # then one at a time
+            logits, _ = model(idx[:, t : t + 1], kv_cache=cache)
+            steps.append(logits[:, -1])
+    expected = [full[:, 4], full[:, 7]] + [full[:, t] for t in range(8, 16)]
+    for got, want in zip(steps, expected):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def naive_greedy(model, idx, n):
+    """What generate must equal: re-run the model on the last block_size tokens for every new token."""
+    for _ in range(n):
+        logits, _ = model(idx[:, -model.config.block_size :])
+        idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return idx
+
+
+@pytest.mark.parametrize("new_tokens", [5, 40])  # 40 goes well past block_size (16)
+def test_greedy_generation_with_cache_equals_without(new_tokens):
+    model = GPT(tiny_config()).eval()
+    prompt = torch.randint(0, 37, (2, 6))
+    with_cache = model.generate(prompt, new_tokens, temperature=0)
+    without = model.generate(prompt, new_tokens, temperature=0, use_cache=False)
+    assert torch.equal(with_cache, naive_greedy(model, prompt, new_tokens))
+    assert torch.equal(without, with_cache)
+
+
+def test_sampling_is_reproducible_with_a_seeded_generator():
+    model = GPT(tiny_config()).eval()
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+    a = model.generate(prompt, 20, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(7))
+    b = model.generate(prompt, 20, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+
+
+def test_generation_stops_at_the_stop_token():
+    model = GPT(tiny_config()).eval()
+    prompt = torch.zeros(2, 1, dtype=torch.long)
+    first = model.generate(prompt, 1, temperature=0)[:, 1]
+    stop = int(first[0])
+    out = model.generate(prompt, 10, temperature=0, stop_token=stop)
+    row = out[0, 1:].tolist()
+    assert row[0] == stop and all(t == stop for t in row)  # finished rows are padded with the stop token
+
+
+def test_top_k_and_top_p_restrict_the_candidates():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
+    g = torch.Generator().manual_seed(0)
+    top2 = {sample_next_token(logits, 1.0, top_k=2, generator=g).item() for _ in range(200)}
+    assert top2 == {0, 1}
+    # softmax: 0.636, 0.234, 0.086, ... -> the smallest set reaching 0.8 is the first two tokens
+    nucleus = {sample_next_token(logits, 1.0, top_p=0.8, generator=g).item() for _ in range(200)}
+    assert nucleus == {0, 1}
+    assert sample_next_token(logits, 0.0).item() == 0  # greedy
+
+
+def test_loss_at_init_is_close_to_uniform():
+    model = GPT(tiny_config(vocab_size=65, n_embd=32))
+    idx = torch.randint(0, 65, (8, 16))
+    # targets unrelated to the inputs: with tied embeddings, target == input would be favoured at init
+    targets = torch.randint(0, 65, (8, 16))
+    _, loss = model(idx, targets=targets)
+    assert abs(loss.item() - math.log(65)) < 0.1
+
+
+def test_residual_projections_have_scaled_init():
+    model = GPT(tiny_config(n_layer=8, n_embd=64))
+    std = model.transformer.h[0].attn.c_proj.weight.std().item()
+    assert abs(std - 0.02 / math.sqrt(16)) < 0.001
+    assert model.lm_head.weight is model.transformer.wte.weight  # tied
+
+
+def test_a_tiny_model_overfits_a_tiny_text():
+    torch.manual_seed(0)
+    model = GPT(tiny_config(vocab_size=10, n_embd=32))
+    data = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3, 4, 5, 6, 7, 8]])
+    x, y = data[:, :-1], data[:, 1:]
+    opt = model.configure_optimizer(0.0, 3e-3, (0.9, 0.99), "cpu")
+    for _ in range(150):
+        _, loss = model(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert loss.item() < 0.05
+
+
+def test_weight_decay_only_on_matmul_weights():
+    model = GPT(tiny_config())
+    opt = model.configure_optimizer(0.1, 1e-3, (0.9, 0.95), "cpu")
+    decay, no_decay = opt.param_groups
+    assert all(p.dim() >= 2 for p in decay["params"]) and decay["weight_decay"] == 0.1
+    assert all(p.dim() == 1 for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == model.num_params(non_embedding=False)
+
+
+def test_crop_block_size_keeps_the_first_positions():
+    model = GPT(tiny_config()).eval()
+    idx = torch.randint(0, 37, (1, 8))
+    before, _ = model(idx, targets=idx)
+    model.crop_block_size(8)
+    after, _ = model(idx, targets=idx)
+    assert model.transformer.wpe.weight.shape[0] == 8
+    torch.testing.assert_close(before, after)

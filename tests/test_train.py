@@ -1,0 +1,183 @@
+"""The training loop: exact resume, atomic checkpoints, Ctrl-C, DDP, the device/dtype resolver."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import checkpoint
+import train
+from config import UserError
+from train import lr_at, resolve_dtype
+
+TEXT = "".join(f"{w} " for w in ("the quick brown fox jumps over the lazy dog and then it sleeps " * 300).split())
+
+
+def tiny_run(tmp_path, out="out", **overrides):
+    """Command-line arguments for a seconds-long run on a small text."""
+    src = tmp_path / "text.txt"
+    if not src.exists():
+        src.write_text(TEXT)
+    args = dict(out_dir=str(tmp_path / out), dataset=str(src), data_dir=str(tmp_path / "data"), tokenizer="char",
+                n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, dropout=0.1,
+                max_iters=8, lr_decay_iters=8, warmup_iters=2, eval_interval=4, eval_iters=2, log_interval=1,
+                gradient_accumulation_steps=2, device="cpu", dtype="float32")
+    args.update(overrides)
+    return [f"--{k}={v}" for k, v in args.items()]
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_losses(run_dir):
+    return {row["iter"]: row["loss"] for row in metrics(run_dir) if "loss" in row}
+
+
+def test_resume_is_exact(tmp_path):
+    # 8 steps straight, against 4 steps + resume + 4 steps: same losses, bit-identical weights. Dropout is on,
+    # so the RNG state must be restored too, and the batch sampler must continue where it stopped.
+    train.main(tiny_run(tmp_path, "straight"))
+    train.main(tiny_run(tmp_path, "split", max_iters=4))
+    train.main(tiny_run(tmp_path, "split", init_from="resume"))
+    assert train_losses(tmp_path / "split") == train_losses(tmp_path / "straight")
+    a = load_file(tmp_path / "straight" / "last" / "model.safetensors")
+    b = load_file(tmp_path / "split" / "last" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_run_directory_layout_and_metrics(tmp_path):
+    train.main(tiny_run(tmp_path))
+    run = tmp_path / "out"
+    for name in ("last", "best"):
+        assert {p.name for p in (run / name).iterdir()} == {"model.safetensors", "config.json", "train_state.pt"}
+    info = json.loads((run / "last" / "config.json").read_text())
+    assert info["model"]["n_layer"] == 2 and info["tokenizer"]["type"] == "char" and info["run"]["max_iters"] == 8
+    evals = [row for row in metrics(run) if "val_loss" in row]
+    assert [row["iter"] for row in evals] == [0, 4, 8]
+    assert all("train_loss" in row for row in evals)
+    steps = [row for row in metrics(run) if "loss" in row]
+    assert {"iter", "loss", "lr", "ms_per_iter", "tokens_per_s"} <= set(steps[0])
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"]  # it learned something
+    state = torch.load(run / "last" / "train_state.pt", weights_only=True)
+    assert state["iter_num"] == 8
+
+
+def test_resume_with_another_shape_is_refused(tmp_path):
+    train.main(tiny_run(tmp_path, max_iters=2))
+    with pytest.raises(UserError, match="shape differs.*n_embd 32 -> 64"):
+        train.main(tiny_run(tmp_path, init_from="resume", n_embd=64))
+
+
+def test_failed_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
+    train.main(tiny_run(tmp_path, max_iters=2))
+    last = tmp_path / "out" / "last"
+    before = load_file(last / "model.safetensors")
+    model, _ = checkpoint.load_model(last)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", crash)  # dies after the weights, before train_state.pt
+    with torch.no_grad():
+        model.transformer.wte.weight.add_(1.0)
+    with pytest.raises(OSError):
+        checkpoint.save_checkpoint(last, model, {"tokenizer": {"type": "char", "chars": "ab"}}, {"iter_num": 9})
+    after = load_file(last / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    checkpoint.load_model(last)
+    assert torch.load(last / "train_state.pt", weights_only=True)["iter_num"] == 2
+
+
+def test_interrupted_swap_is_found_at_the_old_path(tmp_path):
+    train.main(tiny_run(tmp_path, max_iters=2))
+    run = tmp_path / "out"
+    os.replace(run / "last", run / ".last.old")  # as if killed between the two renames
+    assert checkpoint.find_checkpoint(run / "last") == run / ".last.old"
+
+
+def test_ctrl_c_saves_last_and_stops_cleanly(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = train.Task.__init__
+
+    def patched(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        loss_fn = self.loss_fn
+
+        def interrupting(model, batch):
+            calls["n"] += 1
+            if calls["n"] == 5:  # during step 3 (2 micro-batches per step)
+                signal.raise_signal(signal.SIGINT)
+            return loss_fn(model, batch)
+
+        self.loss_fn = interrupting
+
+    monkeypatch.setattr(train.Task, "__init__", patched)
+    train.main(tiny_run(tmp_path))
+    state = torch.load(tmp_path / "out" / "last" / "train_state.pt", weights_only=True)
+    assert state["iter_num"] == 3  # the step in progress was finished, then saved
+
+
+def test_compiled_model_saves_plain_keys(tmp_path):
+    from conftest import tiny_config
+    from model import GPT
+
+    model = GPT(tiny_config())
+    compiled = torch.compile(model)
+    checkpoint.save_checkpoint(tmp_path / "c", compiled, {"tokenizer": {"type": "gpt2"}})
+    keys = load_file(tmp_path / "c" / "model.safetensors").keys()
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in keys)
+
+
+def test_lr_schedule():
+    lr = lambda s: lr_at(s, learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110)
+    assert lr(0) < lr(5) < lr(9) < 1.0  # warming up
+    assert lr(10) == pytest.approx(1.0)
+    assert lr(60) == pytest.approx(0.55)  # halfway down the cosine
+    assert lr(110) == pytest.approx(0.1) and lr(1000) == 0.1
+
+
+@pytest.mark.parametrize(
+    "device, bf16, requested, expected",
+    [
+        ("cuda", True, "auto", ("bfloat16", False)),  # Ampere and newer
+        ("cuda", False, "auto", ("float16", True)),  # older GPUs: float16 with a GradScaler
+        ("mps", True, "auto", ("bfloat16", False)),
+        ("mps", False, "auto", ("float16", True)),
+        ("cpu", True, "auto", (train.CPU_AUTO_DTYPE, False)),
+        ("cpu", True, "bfloat16", ("bfloat16", False)),
+        ("cuda", True, "float32", ("float32", False)),
+    ],
+)
+def test_device_dtype_resolver(device, bf16, requested, expected):
+    assert resolve_dtype(requested, device, bf16) == expected
+
+
+def test_resolver_refuses_impossible_requests():
+    with pytest.raises(UserError):
+        resolve_dtype("bfloat16", "cuda", False)
+    with pytest.raises(UserError):
+        resolve_dtype("float16", "cpu", True)
+    with pytest.raises(UserError):
+        resolve_dtype("float64", "cpu", True)
+
+
+def test_ddp_two_processes_match_one_on_the_same_global_batch(tmp_path):
+    # One process accumulating 2 micro-batches per step, against 2 processes with one each: the global batch
+    # is the same, so the losses must agree (up to float summation order).
+    train.main(tiny_run(tmp_path, "single", dropout=0.0, max_iters=4))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+           *tiny_run(tmp_path, "ddp", dropout=0.0, max_iters=4)]
+    result = subprocess.run(cmd, cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    single, ddp = train_losses(tmp_path / "single"), train_losses(tmp_path / "ddp")
+    assert single.keys() == ddp.keys() == {1, 2, 3, 4}
+    for k in single:
+        assert ddp[k] == pytest.approx(single[k], abs=1e-5)
