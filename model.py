@@ -118,31 +118,29 @@ class KVCache:
     """Keys and values of every layer for the tokens seen so far, so that generating one more token costs one
     position of compute instead of re-running the whole context.
 
-    Storage is allocated once for `max_length` positions (B, nh, max_length, hs) per layer and filled in
-    place; `length` is how many positions are filled."""
+    Each step appends the new positions with torch.cat. That copies the cache (a few MB for GPT-2 at 1024
+    tokens) but keeps every tensor contiguous, which matters more: PyTorch's CPU attention kernel is ~100x
+    slower on a strided view into a preallocated buffer than on a contiguous tensor."""
 
-    def __init__(self, config, batch_size, max_length, device, dtype):
-        hs = config.n_embd // config.n_head
-        shape = (batch_size, config.n_head, max_length, hs)
-        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+    def __init__(self, n_layer):
+        self.k = [None] * n_layer  # per layer: (B, nh, length, hs)
+        self.v = [None] * n_layer
         self.length = 0
-        self.max_length = max_length
 
     def append(self, layer, k, v):
         """Store the new keys/values of `layer` after the cached ones; return all of them."""
-        start, end = self.length, self.length + k.size(2)
-        assert end <= self.max_length, "KV cache overflow: the context is longer than the cache"
-        self.k[layer][:, :, start:end] = k
-        self.v[layer][:, :, start:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        if self.k[layer] is not None:
+            k = torch.cat([self.k[layer], k], dim=2)
+            v = torch.cat([self.v[layer], v], dim=2)
+        self.k[layer], self.v[layer] = k, v
+        return k, v
 
     def advance(self, n):
         """Called once all layers have appended n positions."""
         self.length += n
 
     def reset(self):
-        self.length = 0
+        self.__init__(len(self.k))
 
 
 class GPT(nn.Module):
@@ -212,10 +210,17 @@ class GPT(nn.Module):
             kv_cache.advance(T)
         return self.transformer.ln_f(x)
 
-    def forward(self, idx, targets=None, kv_cache=None):
+    def forward(self, idx, targets=None, kv_cache=None, lengths=None):
         """idx: (B, T) token ids. With targets (B, T), returns all logits (B, T, V) and the mean cross-entropy
         (targets of -1 are ignored). Without, only the last position's logits (B, 1, V) are computed: that is
-        all sampling needs, and it skips a (T x V) matmul."""
+        all sampling needs, and it skips a (T x V) matmul.
+
+        With lengths (B,), a classifier's batch (see classify): returns the class logits (B, n_classes) and,
+        given targets (B,) of class ids, their mean cross-entropy. Training goes through forward, not classify,
+        because DistributedDataParallel synchronises gradients only for calls to forward."""
+        if lengths is not None:
+            logits = self.classify(idx, lengths)
+            return logits, None if targets is None else F.cross_entropy(logits, targets)
         x = self.hidden_states(idx, kv_cache)
         if targets is not None:
             logits = self.lm_head(x)
@@ -284,7 +289,7 @@ class GPT(nn.Module):
         output is the same either way."""
         cache = None
         if use_cache:
-            cache = KVCache(self.config, idx.size(0), self.config.block_size, idx.device, self._cache_dtype())
+            cache = KVCache(self.config.n_layer)
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         new = idx  # the tokens the model has not seen yet
         for _ in range(max_new_tokens):
@@ -303,12 +308,6 @@ class GPT(nn.Module):
             if stop_token is not None and bool(finished.all()):
                 break
         return idx
-
-    def _cache_dtype(self):
-        # Under autocast the keys and values come out of c_attn in the autocast dtype; keep the cache in it.
-        if torch.is_autocast_enabled(self.lm_head.weight.device.type):
-            return torch.get_autocast_dtype(self.lm_head.weight.device.type)
-        return self.lm_head.weight.dtype
 
 
 def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):

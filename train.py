@@ -214,6 +214,20 @@ def print0(rt, *args, **kwargs):
         print(*args, **kwargs, flush=True)
 
 
+def main_process_first(rt, fn):
+    """fn() on rank 0, then on the other ranks once rank 0 is done: downloads and caches are written once, by
+    one process, and the others read them."""
+    if rt.is_main:
+        result = fn()
+    if rt.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        if not rt.is_main:
+            result = fn()
+    return result
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Schedule and optimizer step
 
@@ -320,6 +334,9 @@ class Task:
     patience: int = 0  # evaluations without improvement before stopping early (0: never)
     epoch_of: callable = None  # iteration -> epoch, logged when given
     example_batch: object = None  # any batch, for torch.compile's trial call
+    evaluate_at: callable = None  # iteration -> True to evaluate there too (finetune.py: at each epoch's end)
+    export: callable = None  # model -> the model whose weights are saved (finetune.py: LoRA merged into a copy)
+    extra_state: callable = None  # model -> more for train_state.pt, under "task" (finetune.py: LoRA's own weights)
 
 
 def train_loop(cfg, rt, model, task, resume_state=None, log_file=None):
@@ -367,8 +384,10 @@ def train_loop(cfg, rt, model, task, resume_state=None, log_file=None):
             "sampler": task.sampler.state_dict(),
             "rng": rng_state(rt),
         }
+        if task.extra_state is not None:
+            state["task"] = task.extra_state(raw_model)
         info = {**task.info, "iter_num": iter_num, "metrics": metrics, "run": asdict(cfg)}
-        save_checkpoint(out_dir / name, raw_model, info, state)
+        save_checkpoint(out_dir / name, raw_model if task.export is None else task.export(raw_model), info, state)
 
     metrics = {}
     t_last, tokens_since, steps_since = time.time(), 0, 0
@@ -376,7 +395,8 @@ def train_loop(cfg, rt, model, task, resume_state=None, log_file=None):
         while True:
             # ---- evaluate, keep best/ and last/
             resumed_here = resume_state is not None and iter_num == start_iter
-            if (iter_num % cfg.eval_interval == 0 and not resumed_here) or iter_num >= cfg.max_iters or stop.requested:
+            scheduled = iter_num % cfg.eval_interval == 0 or (task.evaluate_at is not None and task.evaluate_at(iter_num))
+            if (scheduled and not resumed_here) or iter_num >= cfg.max_iters or stop.requested:
                 if not stop.requested:
                     with rt.autocast():
                         metrics = task.evaluate(raw_model)
@@ -511,6 +531,8 @@ class LMTask:
             for split, batches in eval_sets.items():
                 losses = [model(x, y)[1].float() for x, y in batches]
                 out[f"{split}_loss"] = torch.stack(losses).mean().item()
+            # Perplexity, exp(mean cross-entropy): the number of equally likely tokens the model is as unsure as.
+            out["val_perplexity"] = math.exp(out["val_loss"])
             model.train()
             return out
 
@@ -531,10 +553,13 @@ def build_model(cfg, vocab_size, rt):
     if cfg.init_from == "resume":
         directory = find_checkpoint(Path(cfg.out_dir) / "last")
         info = read_info(directory)
-        saved = model_config_from(info)
+        require_language_model(info, directory)
+        # Compare the settings with those the run started with, not with the model: a run that started from
+        # GPT-2 has GPT-2's shape whatever n_layer and friends say, and resumes with the same command line.
+        started = {**info.get("run", {}), "vocab_size": model_config_from(info).vocab_size}
         wanted = {"n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
                   "block_size": cfg.block_size, "vocab_size": vocab_size, "bias": cfg.bias}
-        diff = [f"{k} {getattr(saved, k)} -> {wanted[k]}" for k in SHAPE_KEYS if getattr(saved, k) != wanted[k]]
+        diff = [f"{k} {started[k]} -> {wanted[k]}" for k in SHAPE_KEYS if k in started and started[k] != wanted[k]]
         if diff:
             raise UserError(f"cannot resume {directory}: the model shape differs ({', '.join(diff)}); "
                             "use the run's own settings or a new out_dir")
@@ -545,6 +570,7 @@ def build_model(cfg, vocab_size, rt):
     from hf_import import resolve_pretrained
 
     model, info = load_model(resolve_pretrained(cfg.init_from))
+    require_language_model(info, cfg.init_from)
     if model.config.vocab_size != vocab_size:
         raise UserError(f"{cfg.init_from} has a vocabulary of {model.config.vocab_size}, the data {vocab_size}; "
                         "use the tokenizer the model was trained with (--tokenizer=gpt2 for GPT-2)")
@@ -552,6 +578,13 @@ def build_model(cfg, vocab_size, rt):
         model.crop_block_size(cfg.block_size)
     set_dropout(model, cfg.dropout)
     return model, None
+
+
+def require_language_model(info, where):
+    """Refuse a classifier checkpoint (finetune.py --task cls) where a language model is needed."""
+    if info.get("task") == "cls":
+        labels = ", ".join(info.get("labels", []))
+        raise UserError(f"{where} is a classifier ({labels}), not a language model; give a language model's checkpoint")
 
 
 def set_dropout(model, p):
@@ -565,7 +598,11 @@ def set_dropout(model, p):
 
 
 def main(argv=None):
-    cfg = parse_config(TrainConfig, argv, description="Pretrain a GPT on a text file.")
+    run(parse_config(TrainConfig, argv, description="Pretrain a GPT on a text file."))
+
+
+def run(cfg):
+    """Train with the settings in cfg, a TrainConfig (finetune.py --task gen comes here too)."""
     rt = setup_runtime(cfg.device, cfg.dtype)
     print0(rt, json.dumps(asdict(cfg), indent=1))
     print0(rt, f"device {rt.device} | dtype {rt.dtype} | compile {cfg.compile} | processes {rt.world_size}")
@@ -573,14 +610,7 @@ def main(argv=None):
         raise UserError(f"init_from={cfg.init_from} needs --tokenizer=gpt2")
 
     # data: tokenized once and cached (rank 0 first, the others then read the cache)
-    if rt.is_main:
-        data_dir, meta = prepare_lm_data(cfg.dataset, cfg.tokenizer, cfg.data_dir)
-    if rt.world_size > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-        if not rt.is_main:
-            data_dir, meta = prepare_lm_data(cfg.dataset, cfg.tokenizer, cfg.data_dir)
+    data_dir, meta = main_process_first(rt, lambda: prepare_lm_data(cfg.dataset, cfg.tokenizer, cfg.data_dir))
     print0(rt, f"data: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens from {meta['source']}")
 
     model, resume_state = build_model(cfg, meta["vocab_size"], rt)

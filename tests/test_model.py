@@ -26,7 +26,7 @@ def test_kv_cache_logits_match_full_recomputation():
     idx = torch.randint(0, 37, (3, 16))
     with torch.no_grad():
         full, _ = model(idx, targets=idx)  # logits at every position
-        cache = KVCache(model.config, 3, 16, "cpu", torch.float32)
+        cache = KVCache(model.config.n_layer)
         first, _ = model(idx[:, :5], kv_cache=cache)  # prefill 5 tokens
         steps = [first[:, -1]]
         chunk, _ = model(idx[:, 5:8], kv_cache=cache)  # several tokens after a cached prefix
