@@ -85,29 +85,51 @@ def model_config_from(info):
     return GPTConfig(**{k: v for k, v in info["model"].items() if k in known})
 
 
-def load_weights(model, path):
-    """Copy a safetensors file into model, checking that every key and shape matches."""
+def empty_model(config):
+    """A GPT whose tensors live on the "meta" device: names and shapes but no storage and no random init, so
+    building even the largest GPT-2 costs nothing. The shell that weights are loaded into."""
+    with torch.device("meta"):
+        return GPT(config)
+
+
+def expected_shapes(config):
+    """{name: shape} of every tensor a checkpoint stores for this config (lm_head is wte, so it is not stored)."""
+    return {k: tuple(v.shape) for k, v in empty_model(config).state_dict().items() if k != "lm_head.weight"}
+
+
+def read_weights(path, config):
+    """The tensors of a model.safetensors file, checked name by name and shape by shape against config."""
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise UserError(f"{path} is not a readable safetensors file ({e}); the checkpoint is damaged") from None
-    expected = {k: v.shape for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    expected = expected_shapes(config)
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise UserError(f"{path} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    for k, v in state.items():
-        if v.shape != expected[k]:
-            raise UserError(f"{path}: {k} has shape {tuple(v.shape)}, the config says {tuple(expected[k])}")
-    model.load_state_dict(state, strict=False)  # lm_head.weight is tied to wte, so it is loaded already
+        raise UserError(f"{path} does not fit its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != expected[name]:
+            raise UserError(f"{path}: {name} has shape {tuple(tensor.shape)}, the config says {expected[name]}")
+    return state
+
+
+def model_from_state(config, state):
+    """A GPT holding exactly these tensors. assign=True makes the loaded tensors the parameters of the empty
+    (meta) model, with no copy and no wasted random init; that replaces wte's Parameter object, so the head is
+    tied to it again."""
+    model = empty_model(config)
+    model.load_state_dict(state, strict=False, assign=True)
+    model.lm_head.weight = model.transformer.wte.weight
+    assert not any(p.is_meta for p in model.parameters()), "a tensor was not loaded"
+    return model
 
 
 def load_model(directory, device="cpu"):
-    """(model, info) from a checkpoint directory."""
+    """(model, info) from a checkpoint directory (or a run directory: see find_checkpoint)."""
     directory = find_checkpoint(directory)
     info = read_info(directory)
-    model = GPT(model_config_from(info))
-    load_weights(model, directory / WEIGHTS)
+    config = model_config_from(info)
+    model = model_from_state(config, read_weights(directory / WEIGHTS, config))
     return model.to(device), info
 
 

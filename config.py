@@ -26,6 +26,9 @@ def run_main(main):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # e.g. during a download: the partial file is kept and resumed next time
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def _closest(key, valid):

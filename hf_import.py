@@ -45,10 +45,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from checkpoint import CONFIG, WEIGHTS, find_checkpoint, model_config_from, read_info, save_checkpoint
+from checkpoint import (CONFIG, WEIGHTS, expected_shapes, find_checkpoint, model_config_from,
+                        model_from_state, read_info, read_weights, save_checkpoint)
 from config import UserError, run_main
 from data import GPT2_BPE_FILES, download
-from model import GPT, GPTConfig
+from model import GPTConfig
 
 # The released GPT-2 models: our short name -> the repository on the hub (the canonical ids; the old short ids
 # such as "gpt2" still redirect there, but may not forever).
@@ -178,18 +179,6 @@ def read_hf(source):
 # The conversion, both ways
 
 
-def empty_model(config):
-    """A GPT whose tensors live on the "meta" device: shapes and names but no storage and no random init, so
-    building the largest GPT-2 costs nothing. Used to know the expected tensors, and as the shell to load into."""
-    with torch.device("meta"):
-        return GPT(config)
-
-
-def expected_shapes(config):
-    """{name: shape} of every tensor a checkpoint of ours stores for this config (lm_head is wte, not stored)."""
-    return {k: tuple(v.shape) for k, v in empty_model(config).state_dict().items() if k != "lm_head.weight"}
-
-
 def our_name(hf_key):
     """The name of a Hugging Face tensor in our model, or None for the mask buffers, which are not weights."""
     if ".".join(hf_key.split(".")[-2:]) in MASK_BUFFERS:  # h.3.attn.bias, but not h.3.attn.c_attn.bias
@@ -257,24 +246,6 @@ def ours_to_hf(state, config):
             tensor = tensor.t()  # nn.Linear [out, in] -> Conv1D [in, out]
         hf[name] = tensor.contiguous()
     return hf
-
-
-def read_our_weights(path, config):
-    """The tensors of a checkpoint of ours, checked against its config. (checkpoint.load_weights checks the same
-    but needs a model, and building one means a random init of every weight first: a conversion only moves
-    tensors.)"""
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise UserError(f"{path} is not a readable safetensors file ({e}); the checkpoint is damaged") from None
-    expected = expected_shapes(config)
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise UserError(f"{path} does not fit its config.json: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    for name, tensor in state.items():
-        if tuple(tensor.shape) != expected[name]:
-            raise UserError(f"{path}: {name} has shape {tuple(tensor.shape)}, its config.json says {expected[name]}")
-    return state
 
 
 def hf_config(config, info):
@@ -491,12 +462,7 @@ def import_hf(source, out_dir=None, *, endpoint=None, checkpoints_dir=CHECKPOINT
         raise
     del hf_state
 
-    # Load into an empty (meta) model: assign=True makes the loaded tensors the parameters, with no copy. That
-    # replaces wte's Parameter object, so the head is tied to it again.
-    model = empty_model(config)
-    model.load_state_dict(state, strict=False, assign=True)
-    model.lm_head.weight = model.transformer.wte.weight
-    assert not any(p.is_meta for p in model.parameters()), "a tensor was not loaded"
+    model = model_from_state(config, state)
 
     # A model exported from here keeps its own tokenizer in config.json (see hf_config); a GPT-2 has GPT-2's.
     info = {"tokenizer": hf.get("minigpt2_tokenizer") or {"type": "gpt2"}, "task": "cls" if labels else "lm",
@@ -520,7 +486,7 @@ def export_hf(checkpoint, out_dir, force=False):
     info = read_info(directory)
     config = model_config_from(info)
     config_json = hf_config(config, info)
-    tensors = ours_to_hf(read_our_weights(directory / WEIGHTS, config), config)
+    tensors = ours_to_hf(read_weights(directory / WEIGHTS, config), config)
     tokenizer_files = gpt2_tokenizer_files() if info.get("tokenizer", {}).get("type") == "gpt2" else {}
 
     def fill(tmp):

@@ -19,12 +19,12 @@ from safetensors.torch import load_file, save_file
 from transformers import (AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel,
                           GPT2Tokenizer)
 
-from checkpoint import load_model, save_checkpoint
+from checkpoint import empty_model, load_model, save_checkpoint
 from config import UserError, run_main
 from conftest import tiny_config
 from data import GPT2Tokenizer as OurGPT2Tokenizer
 from data import download
-from hf_import import empty_model, export_hf, hf_to_ours, import_hf, main, ours_to_hf, resolve_pretrained
+from hf_import import export_hf, hf_to_ours, import_hf, main, ours_to_hf, resolve_pretrained
 from model import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parent.parent
