@@ -477,7 +477,9 @@ def read_table(path):
 
 
 def _lines(numbers):
-    return ", ".join(map(str, numbers[:10])) + (", ..." if len(numbers) > 10 else "")
+    """'line 7' or 'lines 3, 4, 9, ...' (the first ten)."""
+    shown = ", ".join(map(str, numbers[:10])) + (", ..." if len(numbers) > 10 else "")
+    return f"line {shown}" if len(numbers) == 1 else f"lines {shown}"
 
 
 def _read_delimited(path, text, kind):
@@ -503,7 +505,7 @@ def _read_delimited(path, text, kind):
     except csv.Error as e:
         raise UserError(f"{path}: malformed {kind.upper()} at line {reader.line_num} ({e})") from None
     if malformed:
-        raise UserError(f"{path}: {len(malformed)} malformed rows (lines {_lines(malformed)}): each needs the "
+        raise UserError(f"{path}: {_lines(malformed)} malformed ({len(malformed)} in all): each row needs the "
                         f"{len(header)} fields of the header ({', '.join(header)})")
     return header, rows
 
@@ -523,7 +525,7 @@ def _read_jsonl(path, text):
         columns.update(dict.fromkeys(obj))
         rows.append((number, obj))
     if malformed:
-        raise UserError(f"{path}: {len(malformed)} malformed lines (lines {_lines(malformed)}): each line must be one JSON object")
+        raise UserError(f"{path}: {_lines(malformed)} malformed ({len(malformed)} in all): each line must be one JSON object")
     if not rows:
         raise UserError(f"{path} is empty")
     return list(columns), rows
@@ -599,7 +601,8 @@ def load_labelled_file(path, text_column, label_column, tokenizer, max_length, c
     tokens = [ids[offsets[i] : offsets[i + 1]] for i in range(len(labels))]
     note = f"{path}: {len(labels):,} examples (text: {'+'.join(stats['text_columns'])}, label: {stats['label_column']})"
     if stats["skipped"]:
-        note += f"; skipped {stats['skipped']:,} rows with an empty text or label (lines {_lines(stats['skipped_lines'])})"
+        rows = "1 row" if stats["skipped"] == 1 else f"{stats['skipped']:,} rows"
+        note += f"; skipped {rows} with an empty text or label ({_lines(stats['skipped_lines'])})"
     if stats["truncated"]:
         note += f"; {stats['truncated']:,} texts cut to {max_length} tokens"
     print(note)
@@ -717,8 +720,9 @@ def load_classification_data(dataset, tokenizer, data_dir, *, val_dataset="", te
         unseen = sorted(set(splits[name].labels.tolist()) - set(labels))
         if unseen:
             rows = int((splits[name].labels == unseen[0]).sum())
+            rows = "1 row" if rows == 1 else f"{rows} rows"
             more = f" and {len(unseen) - 1} more new labels" if len(unseen) > 1 else ""
-            raise UserError(f"{splits[name].source}: label '{unseen[0]}' ({rows} rows){more} never occurs in the "
+            raise UserError(f"{splits[name].source}: label '{unseen[0]}' ({rows}){more} never occurs in the "
                             f"training data (labels: {', '.join(labels)})")
     data = ClassificationData(labels, {name: splits[name] for name in ("train", "val", "test")})
     for name, split in data.splits.items():
@@ -728,7 +732,8 @@ def load_classification_data(dataset, tokenizer, data_dir, *, val_dataset="", te
     total, pairs = shared_texts(data.splits)
     if total:
         shown = ", ".join(f"{pair} {n:,}" for pair, n in pairs.items())
-        print(f"warning: leakage: {total:,} texts occur in more than one split ({shown}; exact duplicates after "
+        texts = "1 text occurs" if total == 1 else f"{total:,} texts occur"
+        print(f"warning: leakage: {texts} in more than one split ({shown}; exact duplicates after "
               "whitespace normalisation): scores on those splits are optimistic")
     return data
 

@@ -16,14 +16,13 @@ import json
 import math
 import os
 import signal
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from checkpoint import find_checkpoint, load_model, load_train_state, model_config_from, read_info, save_checkpoint, unwrap
+from checkpoint import find_checkpoint, load_model, load_train_state, model_config_from, read_info, save_checkpoint
 from config import UserError, parse_config, run_main
 from data import LMBatches, load_tokens, prepare_lm_data
 from model import GPT, GPTConfig
@@ -420,6 +419,7 @@ def train_loop(cfg, rt, model, task, resume_state=None, log_file=None):
                 if task.patience and evals_without_improvement >= task.patience:
                     print0(rt, f"early stop: {task.best_metric} did not improve for {task.patience} evaluations")
                     break
+                t_last, tokens_since, steps_since = time.time(), 0, 0  # keep evaluation out of the step timings
             if iter_num >= cfg.max_iters:
                 break
 
@@ -569,7 +569,8 @@ def build_model(cfg, vocab_size, rt):
     # a pretrained model: a GPT-2 name (imported on first use) or any checkpoint directory
     from hf_import import resolve_pretrained
 
-    model, info = load_model(resolve_pretrained(cfg.init_from))
+    directory = main_process_first(rt, lambda: resolve_pretrained(cfg.init_from))  # one download, not one per rank
+    model, info = load_model(directory)
     require_language_model(info, cfg.init_from)
     if model.config.vocab_size != vocab_size:
         raise UserError(f"{cfg.init_from} has a vocabulary of {model.config.vocab_size}, the data {vocab_size}; "

@@ -3,9 +3,14 @@ import torch
 
 
 @pytest.fixture(autouse=True)
-def _deterministic():
+def _deterministic_and_one_thread():
+    # The test models are tiny: a second thread gains nothing, and on a CPU shared with other work it mostly
+    # spin-waits (10x slower here).
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
 
 
 def tiny_config(**overrides):
