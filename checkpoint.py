@@ -32,32 +32,45 @@ def unwrap(model):
     return getattr(model, "_orig_mod", model)  # torch.compile
 
 
-def save_checkpoint(directory, model, info, train_state=None):
-    """Write a checkpoint directory atomically.
+def write_directory(directory, fill):
+    """Create `directory` atomically with fill(tmp), which writes its files into tmp.
 
-    Everything is written into a temporary sibling directory first, then swapped in with renames. If the
-    process dies at any point, either the previous checkpoint or the new one is complete on disk (between the
-    two renames the previous one is at .<name>.old, where load_checkpoint also looks)."""
+    Everything is written into a hidden sibling directory first, then swapped in with renames. If the process
+    dies at any point, either the previous directory or the new one is complete on disk (between the two
+    renames the previous one is at .<name>.old, where find_checkpoint also looks)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f".{directory.name}.tmp")
     old = directory.with_name(f".{directory.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    model = unwrap(model)
-    # lm_head.weight is the same tensor as transformer.wte.weight (weight tying); safetensors refuses to store
-    # shared tensors, and storing it once is enough: loading ties them again.
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    save_file(state, tmp / WEIGHTS)
-    info = {"model": asdict(model.config), **info}
-    (tmp / CONFIG).write_text(json.dumps(info, indent=2, default=str))
-    if train_state is not None:
-        torch.save(train_state, tmp / TRAIN_STATE)
+    try:
+        fill(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if directory.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(directory, old)
     os.replace(tmp, directory)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoint(directory, model, info, train_state=None):
+    """Write a checkpoint directory atomically (see write_directory)."""
+    model = unwrap(model)
+    # lm_head.weight is the same tensor as transformer.wte.weight (weight tying); safetensors refuses to store
+    # shared tensors, and storing it once is enough: loading ties them again.
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    info = {"model": asdict(model.config), **info}
+
+    def fill(tmp):
+        save_file(state, tmp / WEIGHTS)
+        (tmp / CONFIG).write_text(json.dumps(info, indent=2, default=str))
+        if train_state is not None:
+            torch.save(train_state, tmp / TRAIN_STATE)
+
+    write_directory(directory, fill)
 
 
 def find_checkpoint(path):

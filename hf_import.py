@@ -46,7 +46,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from checkpoint import (CONFIG, WEIGHTS, expected_shapes, find_checkpoint, model_config_from,
-                        model_from_state, read_info, read_weights, save_checkpoint)
+                        model_from_state, read_info, read_weights, save_checkpoint, write_directory)
 from config import UserError, run_main
 from data import GPT2_BPE_FILES, download
 from model import GPTConfig
@@ -287,31 +287,6 @@ def hf_config(config, info):
             # <|endoftext|> is the usual stand-in (needed for batches of more than one text).
             out["pad_token_id"] = 50256
     return out
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Writing directories atomically
-
-
-def write_directory(out_dir, fill):
-    """Create out_dir with fill(tmp): written into a hidden sibling first and renamed into place when complete,
-    so out_dir never holds a half-written model."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    old = out_dir.with_name(f".{out_dir.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        fill(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out_dir.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def check_out_dir(out_dir, force):

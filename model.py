@@ -34,6 +34,27 @@ class GPTConfig:
     n_classes: int = 0  # > 0 adds a classification head (see GPT.classify); 0 for a plain language model
 
 
+def causal_mask(T, S, device):
+    """(T, S) booleans, True where query i may attend to key j. The T queries are the last T of S positions
+    (the first S - T keys come from a KV cache), so query i sits at position S - T + i and sees keys 0..S-T+i."""
+    return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
+
+
+def explicit_attention(q, k, v, dropout_p=0.0):
+    """Causal attention written out: the same function as scaled_dot_product_attention, in four lines.
+
+    On CPU under bfloat16 autocast this is what the model uses: PyTorch's fused CPU kernel is slow in bf16
+    (forward + backward 4x slower than here at T=64, 1.5x at T=256, torch 2.13 on an AVX-512-bf16 CPU; see
+    README), while these plain matmuls run at bf16 matmul speed."""
+    T, S = q.size(-2), k.size(-2)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
+    att = att.masked_fill(~causal_mask(T, S, q.device), float("-inf"))  # no looking ahead
+    att = F.softmax(att, dim=-1)  # each query's weights over the keys sum to 1
+    if dropout_p > 0:
+        att = F.dropout(att, dropout_p)
+    return att @ v  # (B, nh, T, hs)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention where position t may only look at positions <= t."""
 
@@ -65,18 +86,20 @@ class CausalSelfAttention(nn.Module):
             past = kv_cache.length
             k, v = kv_cache.append(layer, k, v)  # (B, nh, past + T, hs)
 
-        if past == 0:
-            mask, is_causal = None, T > 1  # the usual triangle: query t sees keys 0..t
-        elif T == 1:
-            mask, is_causal = None, False  # one new token may look at everything cached before it
+        dropout_p = self.dropout if self.training else 0.0
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            y = explicit_attention(q, k, v, dropout_p)  # see explicit_attention for why
         else:
-            # Several new tokens after a cached prefix: query i (absolute position past + i) sees keys 0..past+i.
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            is_causal = False
-        # softmax(q k^T / sqrt(hs)) v, computed by PyTorch's fused kernel (flash attention on GPUs that have it).
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, nh, T, hs)
+            # softmax(q k^T / sqrt(hs)) v, computed by PyTorch's fused kernel (flash attention on GPUs that have
+            # it), which never materialises the (T x T) attention matrix.
+            if past == 0:
+                mask, is_causal = None, T > 1  # the usual triangle: query t sees keys 0..t
+            elif T == 1:
+                mask, is_causal = None, False  # one new token may look at everything cached before it
+            else:
+                mask, is_causal = causal_mask(T, past + T, x.device), False
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)
+        # y: (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 

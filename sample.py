@@ -74,7 +74,12 @@ def load(path, rt):
 
 def main(argv=None):
     args = parse_args(argv)
-    rt = setup_runtime(args.device, args.dtype)
+    dtype = args.dtype
+    if dtype == "auto" and setup_runtime(args.device, "float32").device_type == "cpu":
+        # Generating one token at a time is bound by reading the weights from memory. Under autocast every step
+        # would also convert every weight to bf16, so on CPU float32 is faster here (training is another matter).
+        dtype = "float32"
+    rt = setup_runtime(args.device, dtype)
     torch.manual_seed(args.seed)
 
     if args.compare:

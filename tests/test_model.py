@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from model import GPT, KVCache, sample_next_token
+from model import GPT, KVCache, explicit_attention, sample_next_token
 
 
 def test_changing_a_future_token_leaves_earlier_logits_unchanged():
@@ -133,3 +133,22 @@ def test_crop_block_size_keeps_the_first_positions():
     after, _ = model(idx, targets=idx)
     assert model.transformer.wpe.weight.shape[0] == 8
     torch.testing.assert_close(before, after)
+
+
+@pytest.mark.parametrize("T, S", [(7, 7), (1, 9), (3, 10)])  # no cache; one new token; several after a prefix
+def test_explicit_attention_equals_pytorchs_kernel(T, S):
+    # The written-out attention (used on CPU under bf16) computes what scaled_dot_product_attention does.
+    q, k, v = torch.randn(2, 3, T, 8), torch.randn(2, 3, S, 8), torch.randn(2, 3, S, 8)
+    mask = torch.ones(T, S, dtype=torch.bool).tril(diagonal=S - T)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(explicit_attention(q, k, v), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_bf16_autocast_on_cpu_matches_float32_closely():
+    model = GPT(tiny_config()).eval()
+    idx = torch.randint(0, 37, (2, 16))
+    with torch.no_grad():
+        full, _ = model(idx, targets=idx)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half, _ = model(idx, targets=idx)
+    assert (half.float() - full).abs().max() < 0.05

@@ -150,8 +150,9 @@ def test_lr_schedule():
         ("cuda", False, "auto", ("float16", True)),  # older GPUs: float16 with a GradScaler
         ("mps", True, "auto", ("bfloat16", False)),
         ("mps", False, "auto", ("float16", True)),
-        ("cpu", True, "auto", (train.CPU_AUTO_DTYPE, False)),
-        ("cpu", True, "bfloat16", ("bfloat16", False)),
+        ("cpu", True, "auto", ("bfloat16", False)),  # a CPU with AVX-512 BF16 / AMX
+        ("cpu", False, "auto", ("float32", False)),  # bf16 would be emulated: slower
+        ("cpu", False, "bfloat16", ("bfloat16", False)),  # but allowed when asked for
         ("cuda", True, "float32", ("float32", False)),
     ],
 )
