@@ -23,6 +23,7 @@ import torch
 
 from config import parse_config, run_main
 from model import GPT, GPTConfig
+from sample import for_inference
 from train import LMTask, TrainConfig, build_model, prepare_lm_data, setup_runtime, train_loop
 
 
@@ -93,10 +94,10 @@ def bench_sample(argv):
     args = p.parse_args(argv)
     rt = setup_runtime(args.device, args.dtype)
     torch.manual_seed(0)
-    model = GPT(GPTConfig()).to(rt.device).eval()  # GPT-2 124M's shape
+    model = for_inference(GPT(GPTConfig()).to(rt.device), rt)  # GPT-2 124M's shape, as sample.py runs it
     prompt = torch.randint(0, 50257, (1, args.prompt_tokens), device=rt.device)
     for use_cache in (True, False):
-        with torch.no_grad(), rt.autocast():
+        with torch.no_grad():
             model.generate(prompt, 4, temperature=0, use_cache=use_cache)  # warm-up
             _sync(rt.device)
             start = time.perf_counter()

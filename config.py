@@ -71,7 +71,6 @@ def parse_config(config_class, argv=None, description=None):
     parser = argparse.ArgumentParser(
         description=description,
         allow_abbrev=False,  # --lr must not silently mean --lr_decay_iters
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("config_files", nargs="*", help="config files (Python) applied in order")
     for name, field in fields.items():

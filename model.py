@@ -43,7 +43,7 @@ def causal_mask(T, S, device):
 def explicit_attention(q, k, v, dropout_p=0.0):
     """Causal attention written out: the same function as scaled_dot_product_attention, in four lines.
 
-    On CPU under bfloat16 autocast this is what the model uses: PyTorch's fused CPU kernel is slow in bf16
+    On CPU in bfloat16 this is what the model uses: PyTorch's fused CPU kernel is slow in bf16
     (forward + backward 4x slower than here at T=64, 1.5x at T=256, torch 2.13 on an AVX-512-bf16 CPU; see
     README), while these plain matmuls run at bf16 matmul speed."""
     T, S = q.size(-2), k.size(-2)
@@ -87,7 +87,7 @@ class CausalSelfAttention(nn.Module):
             k, v = kv_cache.append(layer, k, v)  # (B, nh, past + T, hs)
 
         dropout_p = self.dropout if self.training else 0.0
-        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
             y = explicit_attention(q, k, v, dropout_p)  # see explicit_attention for why
         else:
             # softmax(q k^T / sqrt(hs)) v, computed by PyTorch's fused kernel (flash attention on GPUs that have
