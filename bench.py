@@ -64,7 +64,7 @@ def bench_train(argv):
         cfg.log_interval = max(1, cfg.max_iters // 6)
         cfg.init_from = "scratch"
         data_dir, meta = prepare_lm_data(cfg.dataset, cfg.tokenizer, cfg.data_dir)
-        model, _ = build_model(cfg, meta["vocab_size"], rt)
+        model, _ = build_model(cfg, meta, rt)
         model.to(rt.device)
         peak = cfg.peak_flops or None
         if peak is None and rt.device_type == "cpu":

@@ -549,8 +549,10 @@ class LMTask:
 SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
 
 
-def build_model(cfg, vocab_size, rt):
-    """The model to train, from cfg.init_from. Returns (model, resume_state or None)."""
+def build_model(cfg, meta, rt):
+    """The model to train on the data described by meta (prepare_lm_data's), from cfg.init_from.
+    Returns (model, resume_state or None)."""
+    vocab_size = meta["vocab_size"]
     if cfg.init_from == "scratch":
         torch.manual_seed(cfg.seed)  # the same init on every rank
         config = GPTConfig(block_size=cfg.block_size, vocab_size=vocab_size, n_layer=cfg.n_layer,
@@ -578,9 +580,13 @@ def build_model(cfg, vocab_size, rt):
     directory = main_process_first(rt, lambda: resolve_pretrained(cfg.init_from))  # one download, not one per rank
     model, info = load_model(directory)
     require_language_model(info, cfg.init_from)
-    if model.config.vocab_size != vocab_size:
-        raise UserError(f"{cfg.init_from} has a vocabulary of {model.config.vocab_size}, the data {vocab_size}; "
-                        "use the tokenizer the model was trained with (--tokenizer=gpt2 for GPT-2)")
+    theirs, ours = info["tokenizer"]["type"], meta["tokenizer"]["type"]
+    if theirs != ours:
+        raise UserError(f"{cfg.init_from} was trained with another tokenizer ({theirs}) than the data's ({ours}); "
+                        f"pass --tokenizer={theirs}")
+    if info["tokenizer"] != meta["tokenizer"]:  # a char vocabulary is built from its text
+        raise UserError(f"{cfg.init_from} was trained with another tokenizer: its characters are not this "
+                        "text's; a char-level model can only continue on text with the same characters")
     if cfg.block_size < model.config.block_size:
         model.crop_block_size(cfg.block_size)
     set_dropout(model, cfg.dropout)
@@ -613,14 +619,12 @@ def run(cfg):
     rt = setup_runtime(cfg.device, cfg.dtype)
     print0(rt, json.dumps(asdict(cfg), indent=1))
     print0(rt, f"device {rt.device} | dtype {rt.dtype} | compile {cfg.compile} | processes {rt.world_size}")
-    if cfg.init_from != "scratch" and cfg.init_from != "resume" and cfg.tokenizer != "gpt2":
-        raise UserError(f"init_from={cfg.init_from} needs --tokenizer=gpt2")
 
     # data: tokenized once and cached (rank 0 first, the others then read the cache)
     data_dir, meta = main_process_first(rt, lambda: prepare_lm_data(cfg.dataset, cfg.tokenizer, cfg.data_dir))
     print0(rt, f"data: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens from {meta['source']}")
 
-    model, resume_state = build_model(cfg, meta["vocab_size"], rt)
+    model, resume_state = build_model(cfg, meta, rt)
     model.to(rt.device)
     print0(rt, f"model: {model.num_params() / 1e6:.2f}M parameters")
     torch.manual_seed(cfg.seed + rt.rank)  # dropout differs per rank

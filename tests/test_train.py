@@ -182,3 +182,16 @@ def test_ddp_two_processes_match_one_on_the_same_global_batch(tmp_path):
     assert single.keys() == ddp.keys() == {1, 2, 3, 4}
     for k in single:
         assert ddp[k] == pytest.approx(single[k], abs=1e-5)
+
+
+def test_init_from_a_checkpoint_needs_its_tokenizer(tmp_path):
+    train.main(tiny_run(tmp_path, "first", max_iters=2))
+    # continuing a char-level run of ours on the same text: the same vocabulary, so it starts from its weights
+    train.main(tiny_run(tmp_path, "second", max_iters=2, init_from=str(tmp_path / "first")))
+    first = [r for r in metrics(tmp_path / "first") if "val_loss" in r][-1]["val_loss"]
+    second = [r for r in metrics(tmp_path / "second") if "val_loss" in r][0]["val_loss"]
+    assert second == pytest.approx(first, abs=1e-6)
+    other = tmp_path / "other.txt"
+    other.write_text("a completely different alphabet: XYZ 123 " * 50)
+    with pytest.raises(UserError, match="another tokenizer"):
+        train.main(tiny_run(tmp_path, "third", max_iters=2, init_from=str(tmp_path / "first"), dataset=str(other)))
