@@ -195,3 +195,18 @@ def test_init_from_a_checkpoint_needs_its_tokenizer(tmp_path):
     other.write_text("a completely different alphabet: XYZ 123 " * 50)
     with pytest.raises(UserError, match="another tokenizer"):
         train.main(tiny_run(tmp_path, "third", max_iters=2, init_from=str(tmp_path / "first"), dataset=str(other)))
+
+
+def test_compile_failure_falls_back_to_eager_with_one_line(capsys):
+    from conftest import tiny_config
+    from model import GPT
+
+    model = GPT(tiny_config())
+    rt = train.setup_runtime("cpu", "float32")
+
+    def failing(m, batch):
+        raise RuntimeError("no C++ compiler\nmore details")
+
+    assert train.maybe_compile(model, True, rt, None, failing) is model
+    out = capsys.readouterr().out
+    assert "warning: torch.compile failed (RuntimeError: no C++ compiler); running eager" in out
