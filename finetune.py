@@ -36,7 +36,7 @@ from checkpoint import find_checkpoint, load_model, load_train_state
 from config import UserError, parse_config, run_main
 from data import GPT2Tokenizer, LengthBatches, load_classification_data, pad_batch, prepare_lm_data
 from model import GPT, GPTConfig
-from train import Task, TrainConfig, _help, main_process_first, print0, run, set_dropout, setup_runtime, train_loop
+from train import Task, TrainConfig, _help, check_config, main_process_first, print0, run, set_dropout, setup_runtime, train_loop
 
 
 @dataclass
@@ -479,8 +479,8 @@ def run_generative(cfg):
 
 
 def main(argv=None):
-    cfg = parse_config(FinetuneConfig, argv, description="Fine-tune GPT-2 for text classification (--task cls) "
-                                                          "or on a text (--task gen).")
+    cfg = check_config(parse_config(FinetuneConfig, argv, description="Fine-tune GPT-2 for text classification (--task cls) "
+                                                          "or on a text (--task gen)."))
     if cfg.task == "cls":
         run_classification(cfg)
     elif cfg.task == "gen":

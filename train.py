@@ -59,7 +59,7 @@ class TrainConfig:
     learning_rate: float = _help("peak learning rate", 1e-3)
     min_lr: float = _help("learning rate at the end of the cosine decay", 1e-4)
     warmup_iters: int = _help("steps of linear warmup", 100)
-    lr_decay_iters: int = _help("step where the cosine reaches min_lr (usually max_iters)", 5000)
+    lr_decay_iters: int = _help("step where the cosine reaches min_lr (0: max_iters)", 0)
     weight_decay: float = _help("AdamW weight decay on matmul weights", 0.1)
     beta1: float = _help("AdamW beta1", 0.9)
     beta2: float = _help("AdamW beta2", 0.99)
@@ -105,7 +105,7 @@ def resolve_dtype(requested, device_type, bf16_native):
     (before Ampere) must do.
 
     On a CPU, 'auto' means bfloat16 only where the CPU multiplies bf16 natively (AVX-512 BF16 or AMX): there
-    it trained 1.3-1.5x faster than float32 with the same loss (README, "bf16 on CPU"); elsewhere bf16 is
+    it trained 1.2-1.5x faster than float32 with the same loss (README, "bf16 on CPU"); elsewhere bf16 is
     emulated and slower, so float32."""
     if requested == "auto":
         if device_type in ("cuda", "mps"):
@@ -289,8 +289,9 @@ class StopRequest:
     """Ctrl-C sets a flag; the loop finishes its step, saves last/ and exits cleanly. A second Ctrl-C
     interrupts at once."""
 
-    def __init__(self):
+    def __init__(self, verbose=True):
         self.requested = False
+        self.verbose = verbose  # rank 0 only: torchrun passes Ctrl-C to every process
 
     def __enter__(self):
         self.previous = signal.signal(signal.SIGINT, self._handle)
@@ -300,23 +301,49 @@ class StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\ninterrupt: finishing this step, saving last/ and stopping (Ctrl-C again to abort)", flush=True)
+        if self.verbose:
+            print("\ninterrupt: finishing this step, saving last/ and stopping (Ctrl-C again to abort)", flush=True)
 
     def __exit__(self, *exc):
         signal.signal(signal.SIGINT, self.previous)
 
 
 def rng_state(rt):
+    """Every rank's RNG state (a list, rank by rank): under DDP each rank draws its own dropout masks. A
+    collective operation: all ranks must call it."""
     state = {"torch": torch.get_rng_state()}
     if rt.device_type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(rt.device)
-    return state
+    if rt.world_size == 1:
+        return [state]
+    import torch.distributed as dist
+
+    states = [None] * rt.world_size
+    dist.all_gather_object(states, {k: v.cpu() for k, v in state.items()})
+    return states
 
 
-def set_rng_state(rt, state):
+def set_rng_state(rt, states):
+    if len(states) != rt.world_size:
+        print0(rt, f"warning: the checkpoint has the RNG state of {len(states)} processes, this run has "
+                   f"{rt.world_size}: dropout masks will differ from an uninterrupted run")
+        return
+    state = states[rt.rank]
     torch.set_rng_state(state["torch"])
     if rt.device_type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], rt.device)
+
+
+def any_rank(rt, flag):
+    """True on every rank if flag is True on any (Ctrl-C may reach the processes at different steps, and they
+    must all stop at the same one)."""
+    if rt.world_size == 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([int(flag)], device=rt.device if rt.device_type == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 @dataclass
@@ -361,7 +388,9 @@ def train_loop(cfg, rt, model, task, resume_state=None, log_file=None):
         set_rng_state(rt, resume_state["rng"])
         iter_num, best = resume_state["iter_num"], resume_state["best"]
         evals_without_improvement = resume_state.get("evals_without_improvement", 0)
-    start_iter = iter_num
+    # The evaluation at the step a run resumes from was done before it stopped, unless Ctrl-C came first.
+    evaluated_at = resume_state.get("evaluated_at") if resume_state is not None else None
+    metrics = resume_state.get("metrics", {}) if resume_state is not None else {}
 
     model = maybe_compile(raw_model, cfg.compile, rt, task.example_batch, task.loss_fn)
     if rt.world_size > 1:
@@ -378,6 +407,7 @@ def train_loop(cfg, rt, model, task, resume_state=None, log_file=None):
                 f.write(json.dumps(row) + "\n")
 
     def save(name, metrics):
+        rng = rng_state(rt)  # collective: every rank takes part
         if not rt.is_main:
             return
         state = {
@@ -387,24 +417,27 @@ def train_loop(cfg, rt, model, task, resume_state=None, log_file=None):
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
             "sampler": task.sampler.state_dict(),
-            "rng": rng_state(rt),
+            "rng": rng,
+            "evaluated_at": evaluated_at,
+            "metrics": metrics,
         }
         if task.extra_state is not None:
             state["task"] = task.extra_state(raw_model)
         info = {**task.info, "iter_num": iter_num, "metrics": metrics, "run": asdict(cfg)}
         save_checkpoint(out_dir / name, raw_model if task.export is None else task.export(raw_model), info, state)
 
-    metrics = {}
     t_last, tokens_since, steps_since = time.time(), 0, 0
-    with StopRequest() as stop:
+    with StopRequest(verbose=rt.is_main) as stop:
         while True:
             # ---- evaluate, keep best/ and last/
-            resumed_here = resume_state is not None and iter_num == start_iter
+            stopping = any_rank(rt, stop.requested)
             scheduled = iter_num % cfg.eval_interval == 0 or (task.evaluate_at is not None and task.evaluate_at(iter_num))
-            if (scheduled and not resumed_here) or iter_num >= cfg.max_iters or stop.requested:
-                if not stop.requested:
+            due = (scheduled or iter_num >= cfg.max_iters) and evaluated_at != iter_num
+            if due or stopping or iter_num >= cfg.max_iters:
+                if due and not stopping:
                     with rt.autocast():
                         metrics = task.evaluate(raw_model)
+                    evaluated_at = iter_num
                     value = metrics[task.best_metric]
                     improved = best is None or (value > best if task.higher_is_better else value < best)
                     if improved:
@@ -419,7 +452,7 @@ def train_loop(cfg, rt, model, task, resume_state=None, log_file=None):
                     if improved:
                         save("best", metrics)
                 save("last", metrics)
-                if stop.requested:
+                if stopping:
                     print0(rt, f"saved {out_dir / 'last'} at iter {iter_num}")
                     break
                 if task.patience and evals_without_improvement >= task.patience:
@@ -430,7 +463,7 @@ def train_loop(cfg, rt, model, task, resume_state=None, log_file=None):
                 break
 
             # ---- one optimizer step: gradient accumulation over this rank's micro-batches
-            lr = lr_at(iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
+            lr = lr_at(iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters or cfg.max_iters)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batches = task.micro_batches()
@@ -587,6 +620,9 @@ def build_model(cfg, meta, rt):
     if info["tokenizer"] != meta["tokenizer"]:  # a char vocabulary is built from its text
         raise UserError(f"{cfg.init_from} was trained with another tokenizer: its characters are not this "
                         "text's; a char-level model can only continue on text with the same characters")
+    if cfg.block_size > model.config.block_size:
+        raise UserError(f"block_size {cfg.block_size} is longer than the {model.config.block_size} positions that "
+                        f"{cfg.init_from} learned; use --block_size={model.config.block_size} or less")
     if cfg.block_size < model.config.block_size:
         model.crop_block_size(cfg.block_size)
     set_dropout(model, cfg.dropout)
@@ -610,8 +646,24 @@ def set_dropout(model, p):
             m.dropout = p  # attention dropout is an argument of scaled_dot_product_attention
 
 
+def check_config(cfg):
+    """Settings that would fail deep inside the run (or silently do nothing) stop here with one line."""
+    positive = ("max_iters", "eval_interval", "eval_iters", "log_interval", "batch_size",
+                "gradient_accumulation_steps", "block_size", "n_layer", "n_head", "n_embd")
+    for key in positive:
+        if getattr(cfg, key) < (0 if key == "max_iters" else 1):
+            raise UserError(f"{key} must be {'>= 0' if key == 'max_iters' else '>= 1'}, not {getattr(cfg, key)}")
+    if cfg.n_embd % cfg.n_head:
+        raise UserError(f"n_embd ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head}): each head gets n_embd / n_head")
+    if not 0 <= cfg.dropout < 1:
+        raise UserError(f"dropout must be in [0, 1), not {cfg.dropout}")
+    if cfg.learning_rate < 0 or cfg.min_lr < 0:
+        raise UserError("learning_rate and min_lr must be >= 0")
+    return cfg
+
+
 def main(argv=None):
-    run(parse_config(TrainConfig, argv, description="Pretrain a GPT on a text file."))
+    run(check_config(parse_config(TrainConfig, argv, description="Pretrain a GPT on a text file.")))
 
 
 def run(cfg):

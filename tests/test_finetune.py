@@ -298,8 +298,8 @@ def test_generative_run_from_a_checkpoint_resumes_with_the_same_command_line(tmp
     finetune.main([f"--{k}={v}" for k, v in {**args, "init_from": tmp_path / "base", "max_iters": 2}.items()])
     finetune.main([f"--{k}={v}" for k, v in {**args, "init_from": "resume", "max_iters": 4}.items()])
     assert [r["iter"] for r in metrics(tmp_path / "out") if "val_perplexity" in r] == [0, 2, 4]
-    with pytest.raises(UserError, match="shape differs.*n_embd 384 -> 64"):
-        finetune.main([f"--{k}={v}" for k, v in {**args, "init_from": "resume", "max_iters": 6, "n_embd": 64}.items()])
+    with pytest.raises(UserError, match="shape differs.*n_embd 384 -> 96"):
+        finetune.main([f"--{k}={v}" for k, v in {**args, "init_from": "resume", "max_iters": 6, "n_embd": 96}.items()])
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -173,11 +173,7 @@ def test_ddp_two_processes_match_one_on_the_same_global_batch(tmp_path):
     # One process accumulating 2 micro-batches per step, against 2 processes with one each: the global batch
     # is the same, so the losses must agree (up to float summation order).
     train.main(tiny_run(tmp_path, "single", dropout=0.0, max_iters=4))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
-           *tiny_run(tmp_path, "ddp", dropout=0.0, max_iters=4)]
-    result = subprocess.run(cmd, cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    torchrun(tmp_path, "ddp", dropout=0.0, max_iters=4)
     single, ddp = train_losses(tmp_path / "single"), train_losses(tmp_path / "ddp")
     assert single.keys() == ddp.keys() == {1, 2, 3, 4}
     for k in single:
@@ -210,3 +206,48 @@ def test_compile_failure_falls_back_to_eager_with_one_line(capsys):
     assert train.maybe_compile(model, True, rt, None, failing) is model
     out = capsys.readouterr().out
     assert "warning: torch.compile failed (RuntimeError: no C++ compiler); running eager" in out
+
+
+def torchrun(tmp_path, out, **overrides):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+           *tiny_run(tmp_path, out, **overrides)]
+    result = subprocess.run(cmd, cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_ddp_resume_is_exact(tmp_path):
+    # Each rank has its own dropout masks; all of their RNG states are saved, so a resumed DDP run continues
+    # exactly too.
+    torchrun(tmp_path, "straight", max_iters=4, eval_interval=2)
+    torchrun(tmp_path, "split", max_iters=2, eval_interval=2)
+    torchrun(tmp_path, "split", max_iters=4, eval_interval=2, init_from="resume")
+    assert train_losses(tmp_path / "split") == train_losses(tmp_path / "straight")
+    a = load_file(tmp_path / "straight" / "last" / "model.safetensors")
+    b = load_file(tmp_path / "split" / "last" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ctrl_c_on_an_evaluation_step_evaluates_after_resume(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = train.Task.__init__
+
+    def patched(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        loss_fn = self.loss_fn
+
+        def interrupting(model, batch):
+            calls["n"] += 1
+            if calls["n"] == 7:  # during step 4, the step whose end is an evaluation (eval_interval 4)
+                signal.raise_signal(signal.SIGINT)
+            return loss_fn(model, batch)
+
+        self.loss_fn = interrupting
+
+    monkeypatch.setattr(train.Task, "__init__", patched)
+    train.main(tiny_run(tmp_path, "split"))
+    monkeypatch.setattr(train.Task, "__init__", original)
+    train.main(tiny_run(tmp_path, "split", init_from="resume"))
+    train.main(tiny_run(tmp_path, "straight"))
+    evals = lambda run: [(r["iter"], r["val_loss"]) for r in metrics(tmp_path / run) if "val_loss" in r]
+    assert evals("split") == evals("straight")  # the evaluation at step 4 was made after the resume
