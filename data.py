@@ -280,7 +280,8 @@ def prepare_lm_data(dataset, tokenizer_name, data_dir, val_fraction=0.1):
     is reused until the source text (by sha256) or the tokenizer changes. Returns (directory, meta)."""
     source = resolve_text_dataset(dataset, data_dir)
     source_sha = sha256_of(source)
-    out = Path(data_dir) / f"{source.stem}-{tokenizer_name}"
+    # The source's hash is in the name: two files called book.txt in different folders do not share a cache.
+    out = Path(data_dir) / f"{source.stem}-{tokenizer_name}-{source_sha[:8]}"
     meta_path = out / "meta.json"
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())

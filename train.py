@@ -683,12 +683,14 @@ def run(cfg):
 
     task = LMTask.build(cfg, rt, data_dir, meta, meta["tokenizer"])
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-    metrics = train_loop(cfg, rt, model, task, resume_state, log_file=Path(cfg.out_dir) / "metrics.jsonl")
-    print0(rt, f"done: {json.dumps(metrics)}")
-    if rt.world_size > 1:
-        import torch.distributed as dist
+    try:
+        metrics = train_loop(cfg, rt, model, task, resume_state, log_file=Path(cfg.out_dir) / "metrics.jsonl")
+    finally:
+        if rt.world_size > 1:
+            import torch.distributed as dist
 
-        dist.destroy_process_group()
+            dist.destroy_process_group()
+    print0(rt, f"done: {json.dumps(metrics)}")
 
 
 if __name__ == "__main__":
