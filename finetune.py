@@ -34,7 +34,7 @@ import torch.nn as nn
 
 from checkpoint import find_checkpoint, load_model, load_train_state
 from config import UserError, parse_config, run_main
-from data import GPT2Tokenizer, LengthBatches, load_classification_data, pad_batch, prepare_lm_data
+from data import GPT2Tokenizer, LengthBatches, load_classification_data, pad_batch
 from model import GPT, GPTConfig
 from train import Task, TrainConfig, _help, check_config, main_process_first, print0, run, set_dropout, setup_runtime, train_loop
 
@@ -469,13 +469,8 @@ def run_generative(cfg):
     """Causal-LM fine-tuning: train.py's run, with the settings that fine-tuning shares with it."""
     if cfg.lora_rank or cfg.freeze >= 0:
         raise UserError("--lora_rank and --freeze are options of --task cls")
-    max_iters = cfg.max_iters
-    if max_iters == 0:  # from epochs: one epoch is as many tokens as the training text has
-        _, meta = prepare_lm_data(cfg.dataset, cfg.tokenizer, cfg.data_dir)
-        tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
-        max_iters = max(1, math.ceil(cfg.epochs * meta["train_tokens"] / tokens_per_step))
     settings = {f.name: getattr(cfg, f.name) for f in fields(TrainConfig)}
-    run(TrainConfig(**{**settings, "max_iters": max_iters, "lr_decay_iters": cfg.lr_decay_iters or max_iters}))
+    run(TrainConfig(**settings), epochs=None if cfg.max_iters else cfg.epochs)
 
 
 def main(argv=None):

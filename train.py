@@ -17,7 +17,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -666,8 +666,9 @@ def main(argv=None):
     run(check_config(parse_config(TrainConfig, argv, description="Pretrain a GPT on a text file.")))
 
 
-def run(cfg):
-    """Train with the settings in cfg, a TrainConfig (finetune.py --task gen comes here too)."""
+def run(cfg, epochs=None):
+    """Train with the settings in cfg, a TrainConfig (finetune.py --task gen comes here too). With epochs,
+    max_iters is as many steps as that many passes over the training tokens take."""
     rt = setup_runtime(cfg.device, cfg.dtype)
     print0(rt, json.dumps(asdict(cfg), indent=1))
     print0(rt, f"device {rt.device} | dtype {rt.dtype} | compile {cfg.compile} | processes {rt.world_size}")
@@ -675,6 +676,10 @@ def run(cfg):
     # data: tokenized once and cached (rank 0 first, the others then read the cache)
     data_dir, meta = main_process_first(rt, lambda: prepare_lm_data(cfg.dataset, cfg.tokenizer, cfg.data_dir))
     print0(rt, f"data: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens from {meta['source']}")
+    if epochs is not None:
+        tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+        cfg = replace(cfg, max_iters=max(1, math.ceil(epochs * meta["train_tokens"] / tokens_per_step)))
+        print0(rt, f"{epochs} epochs of {tokens_per_step:,} tokens per step: {cfg.max_iters:,} steps")
 
     model, resume_state = build_model(cfg, meta, rt)
     model.to(rt.device)
