@@ -102,7 +102,8 @@ def test_interrupted_swap_is_found_at_the_old_path(tmp_path):
     assert checkpoint.find_checkpoint(run / "last") == run / ".last.old"
 
 
-def test_ctrl_c_saves_last_and_stops_cleanly(tmp_path, monkeypatch):
+def interrupt_during_micro_batch(monkeypatch, n):
+    """Make the run receive Ctrl-C (SIGINT) while computing its n-th micro-batch."""
     calls = {"n": 0}
     original = train.Task.__init__
 
@@ -112,13 +113,17 @@ def test_ctrl_c_saves_last_and_stops_cleanly(tmp_path, monkeypatch):
 
         def interrupting(model, batch):
             calls["n"] += 1
-            if calls["n"] == 5:  # during step 3 (2 micro-batches per step)
+            if calls["n"] == n:
                 signal.raise_signal(signal.SIGINT)
             return loss_fn(model, batch)
 
         self.loss_fn = interrupting
 
     monkeypatch.setattr(train.Task, "__init__", patched)
+
+
+def test_ctrl_c_saves_last_and_stops_cleanly(tmp_path, monkeypatch):
+    interrupt_during_micro_batch(monkeypatch, 5)  # during step 3 (2 micro-batches per step)
     train.main(tiny_run(tmp_path))
     state = torch.load(tmp_path / "out" / "last" / "train_state.pt", weights_only=True)
     assert state["iter_num"] == 3  # the step in progress was finished, then saved
@@ -229,24 +234,9 @@ def test_ddp_resume_is_exact(tmp_path):
 
 
 def test_ctrl_c_on_an_evaluation_step_evaluates_after_resume(tmp_path, monkeypatch):
-    calls = {"n": 0}
-    original = train.Task.__init__
-
-    def patched(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        loss_fn = self.loss_fn
-
-        def interrupting(model, batch):
-            calls["n"] += 1
-            if calls["n"] == 7:  # during step 4, the step whose end is an evaluation (eval_interval 4)
-                signal.raise_signal(signal.SIGINT)
-            return loss_fn(model, batch)
-
-        self.loss_fn = interrupting
-
-    monkeypatch.setattr(train.Task, "__init__", patched)
-    train.main(tiny_run(tmp_path, "split"))
-    monkeypatch.setattr(train.Task, "__init__", original)
+    with monkeypatch.context() as patch:
+        interrupt_during_micro_batch(patch, 7)  # during step 4, whose end is an evaluation (eval_interval 4)
+        train.main(tiny_run(tmp_path, "split"))
     train.main(tiny_run(tmp_path, "split", init_from="resume"))
     train.main(tiny_run(tmp_path, "straight"))
     evals = lambda run: [(r["iter"], r["val_loss"]) for r in metrics(tmp_path / run) if "val_loss" in r]
