@@ -104,7 +104,7 @@ def seed_tiktoken_cache():
         source = shipped / name
         if target.exists() or not source.exists():
             continue
-        if hashlib.sha256(source.read_bytes()).hexdigest() != sha256:
+        if sha256_of(source) != sha256:
             continue  # not the file tiktoken expects; let it download the real one
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(f".tmp{os.getpid()}")

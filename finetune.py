@@ -25,7 +25,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ from checkpoint import find_checkpoint, load_model, load_train_state
 from config import UserError, parse_config, run_main
 from data import GPT2Tokenizer, LengthBatches, load_classification_data, pad_batch
 from model import GPT, GPTConfig
-from train import Task, TrainConfig, _help, check_config, main_process_first, print0, run, set_dropout, setup_runtime, train_loop
+from train import Task, TrainConfig, _help, check_config, main_process_first, print0, run, session, set_dropout, train_loop
 
 
 @dataclass
@@ -384,85 +384,79 @@ def peak_memory(rt):
 
 
 def run_classification(cfg):
-    rt = setup_runtime(cfg.device, cfg.dtype)
-    print0(rt, json.dumps(asdict(cfg), indent=1))
-    print0(rt, f"device {rt.device} | dtype {rt.dtype} | compile {cfg.compile} | processes {rt.world_size}")
-    if cfg.tokenizer != "gpt2":
-        raise UserError("classification uses the gpt2 tokenizer (--tokenizer=gpt2)")
-    if cfg.best_metric not in ("val_accuracy", "val_macro_f1", "val_loss"):
-        raise UserError(f"best_metric '{cfg.best_metric}' is not one of val_accuracy, val_macro_f1, val_loss")
-    if not 0 < cfg.val_fraction < 0.5:
-        raise UserError(f"val_fraction must be between 0 and 0.5, not {cfg.val_fraction}")
-    if cfg.lora_rank < 0 or cfg.freeze < -1 or cfg.max_length < 1:
-        raise UserError("lora_rank must be >= 0, freeze >= -1 and max_length >= 1")
-    tokenizer = GPT2Tokenizer()
+    with session(cfg) as rt:
+        if cfg.tokenizer != "gpt2":
+            raise UserError("classification uses the gpt2 tokenizer (--tokenizer=gpt2)")
+        if cfg.best_metric not in ("val_accuracy", "val_macro_f1", "val_loss"):
+            raise UserError(f"best_metric '{cfg.best_metric}' is not one of val_accuracy, val_macro_f1, val_loss")
+        if not 0 < cfg.val_fraction < 0.5:
+            raise UserError(f"val_fraction must be between 0 and 0.5, not {cfg.val_fraction}")
+        if cfg.lora_rank < 0 or cfg.freeze < -1 or cfg.max_length < 1:
+            raise UserError("lora_rank must be >= 0, freeze >= -1 and max_length >= 1")
+        tokenizer = GPT2Tokenizer()
 
-    def load():
-        quiet = contextlib.redirect_stdout(io.StringIO()) if not rt.is_main else contextlib.nullcontext()
-        with quiet:  # each rank loads the data (from rank 0's cache); one of them says what it found
-            return load_classification_data(
-                cfg.dataset, tokenizer, cfg.data_dir, val_dataset=cfg.val_dataset, test_dataset=cfg.test_dataset,
-                text_column=cfg.text_column, label_column=cfg.label_column, val_fraction=cfg.val_fraction,
-                max_length=cfg.max_length, max_train_samples=cfg.max_train_samples, seed=cfg.seed)
+        def load():
+            quiet = contextlib.redirect_stdout(io.StringIO()) if not rt.is_main else contextlib.nullcontext()
+            with quiet:  # each rank loads the data (from rank 0's cache); one of them says what it found
+                return load_classification_data(
+                    cfg.dataset, tokenizer, cfg.data_dir, val_dataset=cfg.val_dataset, test_dataset=cfg.test_dataset,
+                    text_column=cfg.text_column, label_column=cfg.label_column, val_fraction=cfg.val_fraction,
+                    max_length=cfg.max_length, max_train_samples=cfg.max_train_samples, seed=cfg.seed)
 
-    data = main_process_first(rt, load)
-    labels = data.labels
-    majority = int(np.bincount(data.targets("train"), minlength=len(labels)).argmax())
-    baseline = {split: float((data.targets(split) == majority).mean()) for split in ("val", "test")}
-    print0(rt, f"majority baseline (always '{labels[majority]}'): val accuracy {baseline['val']:.4f}, "
-               f"test accuracy {baseline['test']:.4f}")
+        data = main_process_first(rt, load)
+        labels = data.labels
+        majority = int(np.bincount(data.targets("train"), minlength=len(labels)).argmax())
+        baseline = {split: float((data.targets(split) == majority).mean()) for split in ("val", "test")}
+        print0(rt, f"majority baseline (always '{labels[majority]}'): val accuracy {baseline['val']:.4f}, "
+                   f"test accuracy {baseline['test']:.4f}")
 
-    model, resume_state = build_classifier(cfg, labels, tokenizer, rt)
-    torch.manual_seed(cfg.seed)  # LoRA's A matrices
-    trains = choose_trainable(model, cfg.freeze, cfg.lora_rank, cfg.lora_alpha)
-    if resume_state is not None and cfg.lora_rank:
-        # last/ holds the merged weights; the unmerged ones (frozen bases, A and B) continue from train_state.pt
-        saved = resume_state.get("task") or {}
-        if set(saved) != set(lora_state(model)):
-            raise UserError(f"the LoRA weights in {cfg.out_dir}/last do not fit this model; resume with the run's settings")
-        model.load_state_dict(saved, strict=False)
-    model.to(rt.device)
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print0(rt, f"model: {total / 1e6:.2f}M parameters, {trainable / 1e6:.3f}M trainable ({100 * trainable / total:.2f}%): {trains}")
-    torch.manual_seed(cfg.seed + rt.rank)  # dropout differs per rank
+        model, resume_state = build_classifier(cfg, labels, tokenizer, rt)
+        torch.manual_seed(cfg.seed)  # LoRA's A matrices
+        trains = choose_trainable(model, cfg.freeze, cfg.lora_rank, cfg.lora_alpha)
+        if resume_state is not None and cfg.lora_rank:
+            # last/ holds the merged weights; the unmerged ones (frozen bases, A and B) continue from train_state.pt
+            saved = resume_state.get("task") or {}
+            if set(saved) != set(lora_state(model)):
+                raise UserError(f"the LoRA weights in {cfg.out_dir}/last do not fit this model; resume with the run's settings")
+            model.load_state_dict(saved, strict=False)
+        model.to(rt.device)
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        print0(rt, f"model: {total / 1e6:.2f}M parameters, {trainable / 1e6:.3f}M trainable ({100 * trainable / total:.2f}%): {trains}")
+        torch.manual_seed(cfg.seed + rt.rank)  # dropout differs per rank
 
-    info = {"task": "cls", "tokenizer": tokenizer.to_dict(), "labels": labels,
-            "data": {split: texts.source for split, texts in data.splits.items()}}
-    lora = cfg.lora_rank > 0
-    task, per_epoch, seen = classification_task(cfg, rt, data, tokenizer.eot_token, info,
-                                                export=merged_copy if lora else None,
-                                                extra_state=lora_state if lora else None)
-    max_iters = cfg.max_iters or max(1, math.ceil(cfg.epochs * per_epoch))
-    cfg = replace(cfg, max_iters=max_iters, lr_decay_iters=cfg.lr_decay_iters or max_iters)
-    print0(rt, f"training: {max_iters:,} steps, {per_epoch:.1f} steps per epoch ({max_iters / per_epoch:.2f} epochs)")
+        info = {"task": "cls", "tokenizer": tokenizer.to_dict(), "labels": labels,
+                "data": {split: texts.source for split, texts in data.splits.items()}}
+        lora = cfg.lora_rank > 0
+        task, per_epoch, seen = classification_task(cfg, rt, data, tokenizer.eot_token, info,
+                                                    export=merged_copy if lora else None,
+                                                    extra_state=lora_state if lora else None)
+        max_iters = cfg.max_iters or max(1, math.ceil(cfg.epochs * per_epoch))
+        cfg = replace(cfg, max_iters=max_iters, lr_decay_iters=cfg.lr_decay_iters or max_iters)
+        print0(rt, f"training: {max_iters:,} steps, {per_epoch:.1f} steps per epoch ({max_iters / per_epoch:.2f} epochs)")
 
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    train_loop(cfg, rt, model, task, resume_state, log_file=out_dir / "metrics.jsonl")
-    elapsed = time.time() - start
-    steps = seen["steps"]
-    memory, what = peak_memory(rt)
-    print0(rt, f"trained {steps:,} steps in {elapsed:.0f} s: {elapsed * per_epoch / max(steps, 1):.0f} s per epoch "
-               f"(evaluations included), {seen['tokens'] / elapsed:,.0f} tokens/s, {trainable / 1e6:.3f}M trainable "
-               f"parameters, {what} {memory / 2**30:.2f} GiB")
+        out_dir = Path(cfg.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        start = time.time()
+        train_loop(cfg, rt, model, task, resume_state, log_file=out_dir / "metrics.jsonl")
+        elapsed = time.time() - start
+        steps = seen["steps"]
+        memory, what = peak_memory(rt)
+        print0(rt, f"trained {steps:,} steps in {elapsed:.0f} s: {elapsed * per_epoch / max(steps, 1):.0f} s per epoch "
+                   f"(evaluations included), {seen['tokens'] / elapsed:,.0f} tokens/s, {trainable / 1e6:.3f}M trainable "
+                   f"parameters, {what} {memory / 2**30:.2f} GiB")
 
-    # the final word: the best checkpoint (by validation) on the test split, which nothing was chosen by
-    if rt.is_main and (out_dir / "best").exists():
-        best, best_info = load_model(out_dir / "best", rt.device)
-        test_batches = fixed_batches(data.splits["test"], data.targets("test"), cfg.batch_size, tokenizer.eot_token, rt.device)
-        with rt.autocast():
-            metrics = evaluate_classifier(best, test_batches, len(labels))
-        print0(rt, f"best checkpoint (iter {best_info['iter_num']}) on the test split:\n" + format_report(metrics, labels, "test"))
-        row = {"iter": best_info["iter_num"], "checkpoint": "best", **logged(metrics, labels, "test"),
-               "baseline_test_accuracy": baseline["test"], "majority_label": labels[majority]}
-        with open(out_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-    if rt.world_size > 1:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
+        # the final word: the best checkpoint (by validation) on the test split, which nothing was chosen by
+        if rt.is_main and (out_dir / "best").exists():
+            best, best_info = load_model(out_dir / "best", rt.device)
+            test_batches = fixed_batches(data.splits["test"], data.targets("test"), cfg.batch_size, tokenizer.eot_token, rt.device)
+            with rt.autocast():
+                metrics = evaluate_classifier(best, test_batches, len(labels))
+            print0(rt, f"best checkpoint (iter {best_info['iter_num']}) on the test split:\n" + format_report(metrics, labels, "test"))
+            row = {"iter": best_info["iter_num"], "checkpoint": "best", **logged(metrics, labels, "test"),
+                   "baseline_test_accuracy": baseline["test"], "majority_label": labels[majority]}
+            with open(out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
 
 
 def run_generative(cfg):

@@ -30,7 +30,6 @@ uses that tokenizer. Nothing is written to an output directory unless the whole 
 """
 
 import argparse
-import hashlib
 import http.client
 import json
 import os
@@ -48,7 +47,7 @@ from safetensors.torch import load_file, save_file
 from checkpoint import (CONFIG, WEIGHTS, expected_shapes, find_checkpoint, model_config_from,
                         model_from_state, read_info, read_weights, save_checkpoint, write_directory)
 from config import UserError, run_main
-from data import GPT2_BPE_FILES, download
+from data import GPT2_BPE_FILES, download, sha256_of
 from model import GPTConfig
 
 # The released GPT-2 models: our short name -> the repository on the hub (the canonical ids; the old short ids
@@ -492,7 +491,7 @@ def gpt2_tokenizer_files():
     files = {"vocab.json": shipped / "encoder.json", "merges.txt": shipped / "vocab.bpe"}
     for target, source in files.items():
         expected = GPT2_BPE_FILES[source.name][1]
-        if not source.is_file() or hashlib.sha256(source.read_bytes()).hexdigest() != expected:
+        if not source.is_file() or sha256_of(source) != expected:
             return {}
     return files
 

@@ -219,6 +219,22 @@ def print0(rt, *args, **kwargs):
         print(*args, **kwargs, flush=True)
 
 
+@contextlib.contextmanager
+def session(cfg):
+    """The setting-up and tearing-down that every run shares: resolve device and precision (joining the DDP
+    process group under torchrun), print the settings, and leave the process group however the run ends."""
+    rt = setup_runtime(cfg.device, cfg.dtype)
+    try:
+        print0(rt, json.dumps(asdict(cfg), indent=1))
+        print0(rt, f"device {rt.device} | dtype {rt.dtype} | compile {cfg.compile} | processes {rt.world_size}")
+        yield rt
+    finally:
+        if rt.world_size > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
 def main_process_first(rt, fn):
     """fn() on rank 0, then on the other ranks once rank 0 is done: downloads and caches are written once, by
     one process, and the others read them."""
@@ -669,33 +685,24 @@ def main(argv=None):
 def run(cfg, epochs=None):
     """Train with the settings in cfg, a TrainConfig (finetune.py --task gen comes here too). With epochs,
     max_iters is as many steps as that many passes over the training tokens take."""
-    rt = setup_runtime(cfg.device, cfg.dtype)
-    print0(rt, json.dumps(asdict(cfg), indent=1))
-    print0(rt, f"device {rt.device} | dtype {rt.dtype} | compile {cfg.compile} | processes {rt.world_size}")
+    with session(cfg) as rt:
+        # data: tokenized once and cached (rank 0 first, the others then read the cache)
+        data_dir, meta = main_process_first(rt, lambda: prepare_lm_data(cfg.dataset, cfg.tokenizer, cfg.data_dir))
+        print0(rt, f"data: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens from {meta['source']}")
+        if epochs is not None:
+            tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+            cfg = replace(cfg, max_iters=max(1, math.ceil(epochs * meta["train_tokens"] / tokens_per_step)))
+            print0(rt, f"{epochs} epochs of {tokens_per_step:,} tokens per step: {cfg.max_iters:,} steps")
 
-    # data: tokenized once and cached (rank 0 first, the others then read the cache)
-    data_dir, meta = main_process_first(rt, lambda: prepare_lm_data(cfg.dataset, cfg.tokenizer, cfg.data_dir))
-    print0(rt, f"data: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens from {meta['source']}")
-    if epochs is not None:
-        tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
-        cfg = replace(cfg, max_iters=max(1, math.ceil(epochs * meta["train_tokens"] / tokens_per_step)))
-        print0(rt, f"{epochs} epochs of {tokens_per_step:,} tokens per step: {cfg.max_iters:,} steps")
+        model, resume_state = build_model(cfg, meta, rt)
+        model.to(rt.device)
+        print0(rt, f"model: {model.num_params() / 1e6:.2f}M parameters")
+        torch.manual_seed(cfg.seed + rt.rank)  # dropout differs per rank
 
-    model, resume_state = build_model(cfg, meta, rt)
-    model.to(rt.device)
-    print0(rt, f"model: {model.num_params() / 1e6:.2f}M parameters")
-    torch.manual_seed(cfg.seed + rt.rank)  # dropout differs per rank
-
-    task = LMTask.build(cfg, rt, data_dir, meta, meta["tokenizer"])
-    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-    try:
+        task = LMTask.build(cfg, rt, data_dir, meta, meta["tokenizer"])
+        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
         metrics = train_loop(cfg, rt, model, task, resume_state, log_file=Path(cfg.out_dir) / "metrics.jsonl")
-    finally:
-        if rt.world_size > 1:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-    print0(rt, f"done: {json.dumps(metrics)}")
+        print0(rt, f"done: {json.dumps(metrics)}")
 
 
 if __name__ == "__main__":
