@@ -22,9 +22,12 @@ from pathlib import Path
 import torch
 
 from config import parse_config, run_main
+from data import prepare_lm_data
 from model import GPT, GPTConfig
-from sample import for_inference
-from train import LMTask, TrainConfig, build_model, prepare_lm_data, setup_runtime, train_loop
+from rundir import RunDirectory
+from runtime import setup_runtime
+from sample import for_inference, generate
+from train import LanguageModelling, TrainConfig, build_model, train_loop
 
 
 def matmul_flops(device="cpu", dtype=torch.float32, n=2048, repeats=10):
@@ -70,8 +73,10 @@ def bench_train(argv):
         if peak is None and rt.device_type == "cpu":
             peak = matmul_flops("cpu", torch.bfloat16 if rt.dtype == "bfloat16" else torch.float32)
             cfg.peak_flops = peak
-        task = LMTask.build(cfg, rt, data_dir, meta, meta["tokenizer"])
-        train_loop(cfg, rt, model, task, log_file=Path(tmp) / "metrics.jsonl")
+        objective = LanguageModelling(cfg, rt, data_dir, meta)
+        with RunDirectory(tmp) as run_dir:
+            run_dir.open()
+            train_loop(cfg, rt, model, objective, run_dir)
         import json
 
         rows = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
@@ -98,10 +103,10 @@ def bench_sample(argv):
     prompt = torch.randint(0, 50257, (1, args.prompt_tokens), device=rt.device)
     for use_cache in (True, False):
         with torch.no_grad():
-            model.generate(prompt, 4, temperature=0, use_cache=use_cache)  # warm-up
+            generate(model, prompt, 4, temperature=0, use_cache=use_cache)  # warm-up
             _sync(rt.device)
             start = time.perf_counter()
-            model.generate(prompt, args.new_tokens, temperature=0, use_cache=use_cache)
+            generate(model, prompt, args.new_tokens, temperature=0, use_cache=use_cache)
             _sync(rt.device)
         elapsed = time.perf_counter() - start
         name = "with KV cache" if use_cache else "no KV cache  "

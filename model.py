@@ -1,21 +1,24 @@
 """
 GPT-2, written out in one file, top to bottom.
 
-The architecture is OpenAI's GPT-2 ("Language Models are Unsupervised Multitask Learners", 2019), which is
-the original GPT decoder with the LayerNorms moved to the input of each sub-block ("pre-norm") and one extra
-LayerNorm after the last block. Every numeric detail matches the released model, so that OpenAI's weights
-(see hf_import.py) give the same logits here as in the reference implementation:
+The architecture is OpenAI's GPT-2 ("Language Models are Unsupervised Multitask Learners", 2019), which
+is the original GPT decoder with the LayerNorms moved to the input of each sub-block ("pre-norm") and one
+extra LayerNorm after the last block. Every numeric detail matches the released model, so that OpenAI's
+weights (see hf_import.py) give the same logits here as in the reference implementations, OpenAI's
+https://github.com/openai/gpt-2/blob/master/src/model.py (TensorFlow) and Hugging Face's
+https://github.com/huggingface/transformers/blob/main/src/transformers/models/gpt2/modeling_gpt2.py:
 
     token embedding + learned absolute position embedding
     n_layer x [ x + attn(ln_1(x)) ; x + mlp(ln_2(x)) ]     (LayerNorm eps 1e-5)
     ln_f, then a linear head that shares its weight with the token embedding
 
 Module names are GPT-2's own (transformer.wte, transformer.h.0.attn.c_attn, ...) so that importing the
-released weights is a name-for-name copy.
+released weights is a name-for-name copy. Two models share this body: GPT predicts the next token (a
+language model), GPTClassifier reads one vector per text and predicts a class (finetune.py).
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -31,21 +34,22 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # biases in Linear layers and LayerNorms, as GPT-2 has them
-    n_classes: int = 0  # > 0 adds a classification head (see GPT.classify); 0 for a plain language model
+    n_classes: int = 0  # > 0: a GPTClassifier with this many classes; 0: a language model (GPT)
 
 
 def causal_mask(T, S, device):
-    """(T, S) booleans, True where query i may attend to key j. The T queries are the last T of S positions
-    (the first S - T keys come from a KV cache), so query i sits at position S - T + i and sees keys 0..S-T+i."""
+    """(T, S) booleans, True where query i may attend to key j. The T queries are the last T of S
+    positions (the first S - T keys come from a KV cache), so query i sits at position S - T + i and sees
+    keys 0..S-T+i."""
     return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
 
 
 def explicit_attention(q, k, v, dropout_p=0.0):
     """Causal attention written out: the same function as scaled_dot_product_attention, in four lines.
 
-    On CPU in bfloat16 this is what the model uses: PyTorch's fused CPU kernel is slow in bf16
-    (forward + backward 4x slower than here at T=64, 1.5x at T=256, torch 2.13 on an AVX-512-bf16 CPU; see
-    README), while these plain matmuls run at bf16 matmul speed."""
+    On CPU in bfloat16 this is what the model uses: PyTorch's fused CPU kernel is slow in bf16 (forward
+    + backward 4x slower than here at T=64, 1.5x at T=256, torch 2.13 on an AVX-512-bf16 CPU; see README),
+    while these plain matmuls run at bf16 matmul speed."""
     T, S = q.size(-2), k.size(-2)
     att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
     att = att.masked_fill(~causal_mask(T, S, q.device), float("-inf"))  # no looking ahead
@@ -65,10 +69,10 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         # The output projection writes back into the residual stream.
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.attn_dropout = nn.Dropout(config.dropout)  # on the attention weights (its p, for the kernel)
+        self.resid_dropout = nn.Dropout(config.dropout)  # on the output, before it joins the residual
         self.n_head = config.n_head
         self.n_embd = config.n_embd
-        self.dropout = config.dropout
 
     def forward(self, x, kv_cache=None, layer=0):
         B, T, C = x.size()
@@ -81,24 +85,25 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is None:
             past = 0
         else:
-            # Keys and values of earlier positions never change (they only saw earlier tokens), so they are
-            # computed once and kept; the new queries attend to all of them plus the new keys.
+            # Keys and values of earlier positions never change (they only saw earlier tokens), so they
+            # are computed once and kept; the new queries attend to all of them plus the new keys.
             past = kv_cache.length
             k, v = kv_cache.append(layer, k, v)  # (B, nh, past + T, hs)
 
-        dropout_p = self.dropout if self.training else 0.0
+        dropout_p = self.attn_dropout.p if self.training else 0.0
         if q.device.type == "cpu" and q.dtype == torch.bfloat16:
             y = explicit_attention(q, k, v, dropout_p)  # see explicit_attention for why
         else:
-            # softmax(q k^T / sqrt(hs)) v, computed by PyTorch's fused kernel (flash attention on GPUs that have
-            # it), which never materialises the (T x T) attention matrix.
+            # softmax(q k^T / sqrt(hs)) v, computed by PyTorch's fused kernel (flash attention on GPUs
+            # that have it), which never materialises the (T x T) attention matrix.
             if past == 0:
                 mask, is_causal = None, T > 1  # the usual triangle: query t sees keys 0..t
             elif T == 1:
                 mask, is_causal = None, False  # one new token may look at everything cached before it
             else:
                 mask, is_causal = causal_mask(T, past + T, x.device), False
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                               dropout_p=dropout_p)
         # y: (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -110,8 +115,8 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        # GPT-2 was trained with the tanh approximation of GELU; the exact (erf) GELU differs by up to ~1e-3
-        # per activation, which is enough to make the released weights give slightly different logits.
+        # GPT-2 was trained with the tanh approximation of GELU; the exact (erf) GELU differs by up to
+        # ~1e-3 per activation, which is enough to make the released weights give other logits.
         self.gelu = nn.GELU(approximate="tanh")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
@@ -121,8 +126,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One transformer block. Pre-norm: each sub-block sees a normalised copy of the residual stream and adds
-    its output back, so the stream itself is never normalised and gradients flow straight through it."""
+    """One transformer block. Pre-norm: each sub-block sees a normalised copy of the residual stream and
+    adds its output back, so the stream itself is never normalised and gradients flow straight through."""
 
     def __init__(self, config):
         super().__init__()
@@ -138,8 +143,8 @@ class Block(nn.Module):
 
 
 class KVCache:
-    """Keys and values of every layer for the tokens seen so far, so that generating one more token costs one
-    position of compute instead of re-running the whole context.
+    """Keys and values of every layer for the tokens seen so far, so that generating one more token
+    costs one position of compute instead of re-running the whole context (see sample.generate).
 
     Each step appends the new positions with torch.cat. That copies the cache (a few MB for GPT-2 at 1024
     tokens) but keeps every tensor contiguous, which matters more: PyTorch's CPU attention kernel is ~100x
@@ -167,6 +172,8 @@ class KVCache:
 
 
 class GPT(nn.Module):
+    """GPT-2 as a language model: token ids in, a distribution over the next token at every position."""
+
     def __init__(self, config):
         super().__init__()
         assert config.vocab_size is not None and config.block_size is not None
@@ -174,20 +181,17 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding
-                wpe=nn.Embedding(config.block_size, config.n_embd),  # position embedding (learned, absolute)
+                wpe=nn.Embedding(config.block_size, config.n_embd),  # position: learned, absolute
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
                 ln_f=nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias),
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # Weight tying (Press & Wolf, 2017): the matrix that maps a token to a vector also scores vectors
-        # against every token. GPT-2 does this; it saves vocab_size * n_embd parameters (38.6M of GPT-2's 124M).
+        # Weight tying ("Using the Output Embedding to Improve Language Models", Press & Wolf, 2017): the
+        # matrix that maps a token to a vector also scores vectors against every token. GPT-2 does this;
+        # it saves vocab_size * n_embd parameters (38.6M of GPT-2's 124M).
         self.transformer.wte.weight = self.lm_head.weight
-        if config.n_classes > 0:
-            # A classifier reads the final hidden state of each sequence's last real token (see classify).
-            # No bias, as in transformers' GPT2ForSequenceClassification, so weights move across unchanged.
-            self.score = nn.Linear(config.n_embd, config.n_classes, bias=False)
 
         self.apply(self._init_weights)
         # GPT-2 scales the init of the layers that write into the residual stream by 1/sqrt(2 * n_layer):
@@ -206,8 +210,8 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self, non_embedding=True):
-        """Parameter count. By default the position embedding is left out, as is usual when quoting model
-        sizes; the token embedding stays in because it is also the output layer (weight tying)."""
+        """Parameter count. By default the position embedding is left out, as is usual when quoting
+        model sizes; the token embedding stays in because it is also the output layer (weight tying)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
             n -= self.transformer.wpe.weight.numel()
@@ -218,64 +222,49 @@ class GPT(nn.Module):
         block_size learned positions are kept and the rest dropped."""
         assert block_size <= self.config.block_size
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
+        kept = self.transformer.wpe.weight[:block_size].detach().clone()
+        self.transformer.wpe.weight = nn.Parameter(kept)
 
     def hidden_states(self, idx, kv_cache=None):
         """The final (post ln_f) hidden state of every position: (B, T, n_embd)."""
         B, T = idx.size()
         past = 0 if kv_cache is None else kv_cache.length
-        assert past + T <= self.config.block_size, f"sequence of {past + T} tokens > block_size {self.config.block_size}"
+        assert past + T <= self.config.block_size, f"{past + T} tokens > block_size {self.config.block_size}"
         pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        tok_emb = self.transformer.wte(idx)  # (B, T, C): what each token is
+        pos_emb = self.transformer.wpe(pos)  # (T, C): where it is, broadcast over the batch
+        x = self.transformer.drop(tok_emb + pos_emb)  # (B, T, C)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, kv_cache, layer)
         if kv_cache is not None:
             kv_cache.advance(T)
         return self.transformer.ln_f(x)
 
-    def forward(self, idx, targets=None, kv_cache=None, lengths=None):
-        """idx: (B, T) token ids. With targets (B, T), returns all logits (B, T, V) and the mean cross-entropy
-        (targets of -1 are ignored). Without, only the last position's logits (B, 1, V) are computed: that is
-        all sampling needs, and it skips a (T x V) matmul.
-
-        With lengths (B,), a classifier's batch (see classify): returns the class logits (B, n_classes) and,
-        given targets (B,) of class ids, their mean cross-entropy. Training goes through forward, not classify,
-        because DistributedDataParallel synchronises gradients only for calls to forward."""
-        if lengths is not None:
-            logits = self.classify(idx, lengths)
-            return logits, None if targets is None else F.cross_entropy(logits, targets)
+    def forward(self, idx, targets=None, kv_cache=None):
+        """idx: (B, T) token ids. With targets (B, T), the next token at every position, returns all
+        logits (B, T, V) and the mean cross-entropy (targets of -1 are ignored). Without, only the last
+        position's logits (B, 1, V) are computed: that is all sampling needs, and it skips a (T x V)
+        matmul."""
         x = self.hidden_states(idx, kv_cache)
-        if targets is not None:
-            logits = self.lm_head(x)
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-            return logits, loss
-        return self.lm_head(x[:, [-1], :]), None
-
-    def classify(self, idx, lengths):
-        """Class logits (B, n_classes) for a right-padded batch. lengths (B,) holds each row's true length.
-
-        The representation of a sequence is the hidden state of its last real token, the only position that
-        has seen the whole text. The batch is right-padded, so with causal attention the padding (whatever its
-        id) comes after every real token and cannot change their states. The index is taken from the true
-        lengths and never by searching for a pad id: GPT-2 has no pad token, the usual stand-in is
-        <|endoftext|> (50256), and that can also occur inside a text."""
-        x = self.hidden_states(idx)  # (B, T, C)
-        last = (lengths - 1).clamp(min=0)  # (B,)
-        pooled = x[torch.arange(idx.size(0), device=idx.device), last]  # (B, C)
-        return self.score(pooled)
+        if targets is None:
+            return self.lm_head(x[:, [-1], :]), None
+        logits = self.lm_head(x)  # (B, T, V)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
 
     def flops_per_token(self, T=None):
-        """Training FLOPs per token (forward + backward), as in the PaLM paper, appendix B: 6 per parameter
-        (2 forward, 4 backward) for the matmuls, plus attention's own 6 * 2 * n_layer * T * n_embd
-        (scores q.k and the weighted sum of v, over a context of T)."""
+        """Training FLOPs per token (forward + backward), as in the PaLM paper (Chowdhery et al. 2022),
+        appendix B: 6 per parameter (2 forward, 4 backward) for the matmuls, plus attention's own
+        6 * 2 * n_layer * T * n_embd (scores q.k and the weighted sum of v, over a context of T)."""
         cfg = self.config
         T = cfg.block_size if T is None else T
         return 6 * self.num_params() + 12 * cfg.n_layer * T * cfg.n_embd
 
     def configure_optimizer(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW with weight decay on the matmul weights only (every parameter with 2 or more dimensions,
-        embeddings included). Biases and LayerNorm gains are left alone: decaying them toward zero only
-        fights the normalisation and has no regularising effect."""
+        """AdamW ("Decoupled Weight Decay Regularization", Loshchilov & Hutter, 2019) with weight decay on
+        the matmul weights only (every parameter with 2 or more dimensions, embeddings included). Biases
+        and LayerNorm gains are left alone: decaying them toward zero only fights the normalisation and has
+        no regularising effect."""
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
@@ -283,74 +272,58 @@ class GPT(nn.Module):
             {"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        # The fused kernel updates all parameters in one launch instead of a dozen per tensor. It exists for
-        # CUDA and CPU tensors; MPS gets the default implementation.
+        # The fused kernel updates all parameters in one launch instead of a dozen per tensor. It exists
+        # for CUDA and CPU tensors; MPS gets the default implementation.
         fused = device_type in ("cuda", "cpu")
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
-    @torch.no_grad()
-    def generate(
-        self,
-        idx,
-        max_new_tokens,
-        temperature=1.0,
-        top_k=None,
-        top_p=None,
-        stop_token=None,
-        generator=None,
-        use_cache=True,
-    ):
-        """Continue each row of idx (B, T) by up to max_new_tokens tokens and return the whole (B, T + new).
 
-        temperature 0 is greedy decoding. With stop_token, a row that produced it is padded with it from then on,
-        and generation ends when every row has.
+class GPTClassifier(GPT):
+    """GPT-2's body with a classification head: one vector per text, scored against n_classes classes.
 
-        With the KV cache the prompt is run once ("prefill") and each further step runs only the newest token.
-        Positions are learned and absolute, so the cache cannot simply slide once the text is longer than
-        block_size: a key computed at position 700 means something different at position 699. Past that point
-        the model is re-run on the last block_size tokens at every step, exactly as without a cache, so the
-        output is the same either way."""
-        cache = None
-        if use_cache:
-            cache = KVCache(self.config.n_layer)
-        finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-        new = idx  # the tokens the model has not seen yet
-        for _ in range(max_new_tokens):
-            if cache is not None and cache.length + new.size(1) <= self.config.block_size:
-                logits, _ = self(new, kv_cache=cache)
-            else:
-                if cache is not None:
-                    cache.reset()  # past block_size: recompute the window from scratch (see docstring)
-                logits, _ = self(idx[:, -self.config.block_size :], kv_cache=cache)
-            next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
-            if stop_token is not None:
-                next_token = torch.where(finished[:, None], torch.full_like(next_token, stop_token), next_token)
-                finished |= next_token[:, 0] == stop_token
-            idx = torch.cat((idx, next_token), dim=1)
-            new = next_token
-            if stop_token is not None and bool(finished.all()):
-                break
-        return idx
+    The head (`score`, n_embd -> n_classes, no bias, as in transformers' GPT2ForSequenceClassification,
+    so weights move across unchanged) reads the final hidden state of each text's last real token: with
+    causal attention it is the only position that has seen the whole text. Batches are right-padded
+    (data.pad_batch), so the padding, whatever its id, comes after every real token and cannot change
+    their states. The last token's index comes from the true lengths, never from searching for a pad id:
+    GPT-2 has no pad token, the usual stand-in is <|endoftext|> (50256), and that can occur inside a text.
+
+    The language-model head stays (it is the token embedding, tied) so the body is a plain GPT-2."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        assert config.n_classes > 0, "a classifier needs n_classes > 0"
+        self.score = nn.Linear(config.n_embd, config.n_classes, bias=False)
+        self.init_head()
+
+    def init_head(self, generator=None):
+        """A new head, as for every Linear layer here: N(0, 0.02). Seeded by generator when given."""
+        torch.nn.init.normal_(self.score.weight, mean=0.0, std=0.02, generator=generator)
+
+    def forward(self, idx, lengths, labels=None):
+        """idx: (B, T) right-padded token ids, lengths: (B,) each row's true length. Returns the class
+        logits (B, n_classes) and, given labels (B,) of class ids, their mean cross-entropy."""
+        x = self.hidden_states(idx)  # (B, T, C)
+        last = (lengths - 1).clamp(min=0)  # (B,): the index of each text's last real token
+        pooled = x[torch.arange(idx.size(0), device=idx.device), last]  # (B, C)
+        logits = self.score(pooled)  # (B, n_classes)
+        loss = None if labels is None else F.cross_entropy(logits, labels)
+        return logits, loss
+
+    @classmethod
+    def from_language_model(cls, lm, n_classes, generator=None):
+        """A classifier whose body is lm's weights and whose head is new (seeded by generator). The body is
+        built on the meta device and takes lm's tensors as they are: no memory or time is spent on a
+        random init that would be overwritten."""
+        with torch.device("meta"):
+            model = cls(replace(lm.config, n_classes=n_classes))
+        model.load_state_dict(lm.state_dict(), strict=False, assign=True)
+        model.lm_head.weight = model.transformer.wte.weight  # assign replaced wte's Parameter: tie again
+        model.score.to_empty(device=lm.lm_head.weight.device)
+        model.init_head(generator)
+        return model
 
 
-def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """Pick the next token from logits (B, V). Returns (B, 1).
-
-    temperature 0: the most likely token (greedy). Otherwise the logits are divided by the temperature (< 1
-    sharpens the distribution, > 1 flattens it), then optionally restricted to the top_k most likely tokens
-    and to the smallest set whose probability reaches top_p ("nucleus" sampling, Holtzman et al. 2019)."""
-    if temperature == 0:
-        return torch.argmax(logits, dim=-1, keepdim=True)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, sorted_idx = torch.sort(logits, descending=True)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        # Drop a token when the tokens ranked above it already reach top_p; the first token is always kept.
-        drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= top_p
-        drop = drop_sorted.scatter(1, sorted_idx, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
+def model_class(config):
+    """GPT for a language model's config, GPTClassifier for a classifier's (n_classes > 0)."""
+    return GPTClassifier if config.n_classes > 0 else GPT

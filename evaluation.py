@@ -1,0 +1,121 @@
+"""
+Measuring a classifier, and using one.
+
+    evaluate_classifier(model, batches, n_classes)   loss, accuracy, macro-F1, per class, confusion matrix
+    format_report(metrics, labels, split)            the same as a table to print
+    classify_texts(model, tokenizer, texts, labels)  the label and every label's probability, per text
+    split_batches(split, targets, ...)               a labelled split in padded batches of similar length
+
+finetune.py evaluates with these during training, evaluate.py on a checkpoint and a file, sample.py
+classifies the texts it is given.
+"""
+
+import numpy as np
+import torch
+
+from config import UserError
+from data import pad_batch
+from tables import truncate
+
+
+def classification_metrics(y_true, y_pred, n_classes):
+    """Accuracy, macro-F1, per-class precision / recall / F1 / support and the confusion matrix.
+
+    confusion[i][j] counts examples of class i predicted as class j. A class's F1 is 0 when it has no
+    correct prediction; macro-F1 is the plain mean over the classes that occur (as true or predicted
+    labels), so a rare class weighs as much as a frequent one, unlike accuracy."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(confusion, (y_true, y_pred), 1)
+    correct = np.diag(confusion)
+    support, predicted = confusion.sum(axis=1), confusion.sum(axis=0)
+    precision = np.divide(correct, predicted, out=np.zeros(n_classes), where=predicted > 0)
+    recall = np.divide(correct, support, out=np.zeros(n_classes), where=support > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(n_classes),
+                   where=precision + recall > 0)
+    present = (support + predicted) > 0
+    return {
+        "accuracy": float(correct.sum() / max(len(y_true), 1)),
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "f1": f1.tolist(),
+        "support": support.tolist(),
+        "confusion": confusion.tolist(),
+    }
+
+
+def format_report(metrics, labels, split):
+    """The per-class table and the confusion matrix, as lines of text."""
+    width = max(10, *(len(label) for label in labels))
+    lines = [f"{split}: loss {metrics['loss']:.4f} | accuracy {metrics['accuracy']:.4f} | "
+             f"macro-F1 {metrics['macro_f1']:.4f}",
+             f"{'':>{width}}  precision  recall     F1  support"]
+    for i, label in enumerate(labels):
+        lines.append(f"{label:>{width}}  {metrics['precision'][i]:9.3f}  {metrics['recall'][i]:6.3f}  "
+                     f"{metrics['f1'][i]:5.3f}  {metrics['support'][i]:7,}")
+    columns = [max(len(label), 6) for label in labels]
+    heading = "  ".join(f"{label:>{w}}" for label, w in zip(labels, columns))
+    lines.append(f"{'true/predicted':>{width}}  {heading}")
+    for i, label in enumerate(labels):
+        counts = "  ".join(f"{n:>{w},}" for n, w in zip(metrics["confusion"][i], columns))
+        lines.append(f"{label:>{width}}  {counts}")
+    return "\n".join(lines)
+
+
+def logged(metrics, labels, split):
+    """metrics as metrics.jsonl rows carry them: split-prefixed, per-class numbers keyed by label."""
+    per_class = {label: {k: metrics[k][i] for k in ("precision", "recall", "f1", "support")}
+                 for i, label in enumerate(labels)}
+    return {f"{split}_loss": metrics["loss"], f"{split}_accuracy": metrics["accuracy"],
+            f"{split}_macro_f1": metrics["macro_f1"], f"{split}_per_class": per_class,
+            f"{split}_confusion": metrics["confusion"]}
+
+
+def split_batches(split, targets, batch_size, pad_id, device, order=None):
+    """(x, lengths, y) on device for a split, batch_size examples at a time, sorted by length so that
+    padding is short (evaluation); order, when given, lists the example indices of each batch."""
+    if order is None:
+        by_length = np.argsort(split.lengths(), kind="stable")
+        order = [by_length[i : i + batch_size] for i in range(0, len(by_length), batch_size)]
+    out = []
+    for indices in order:
+        x, lengths = pad_batch([split.tokens[i] for i in indices], pad_id)
+        y = torch.from_numpy(targets[indices])
+        out.append((x.to(device), lengths.to(device), y.to(device)))
+    return out
+
+
+@torch.inference_mode()
+def evaluate_classifier(model, batches, n_classes):
+    """Loss and classification metrics of model over batches of (x, lengths, y)."""
+    model.eval()
+    loss_sum, true, predicted = 0.0, [], []
+    for x, lengths, y in batches:
+        logits, loss = model(x, lengths, y)
+        loss_sum += loss.float().item() * len(y)
+        true.append(y.cpu())
+        predicted.append(logits.argmax(dim=-1).cpu())
+    model.train()
+    true, predicted = torch.cat(true).numpy(), torch.cat(predicted).numpy()
+    return {"loss": loss_sum / len(true), **classification_metrics(true, predicted, n_classes)}
+
+
+@torch.inference_mode()
+def classify_texts(model, tokenizer, texts, labels, device, batch_size=32, truncation="head"):
+    """[(label name, [probability of each label])] for texts, in order. A text longer than the model's
+    context is cut to block_size tokens as in training (truncation: head, tail or head_tail)."""
+    model.eval()
+    encoded = [truncate(tokenizer.encode(text), model.config.block_size, truncation) for text in texts]
+    empty = [i + 1 for i, ids in enumerate(encoded) if not ids]
+    if empty:
+        raise UserError(f"text {empty[0]} is empty; there is nothing to classify")
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths: less padding
+    results = [None] * len(texts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        x, lengths = pad_batch([encoded[i] for i in chunk], tokenizer.eot_token)
+        logits, _ = model(x.to(device), lengths.to(device))
+        for i, probs in zip(chunk, torch.softmax(logits.float(), dim=-1).tolist()):
+            results[i] = (labels[int(np.argmax(probs))], probs)
+    return results

@@ -1,0 +1,319 @@
+"""
+Where and how a run computes: device, precision, processes, random state and stop signals.
+
+Everything here is plumbing that the training scripts call by one name each:
+
+    rt = setup_runtime(device, dtype)       the device, the autocast precision, the DDP rank
+    with rt.autocast(): ...                 mixed precision (a no-op in float32)
+    rt.make_scaler()                        a GradScaler for float16, else None
+    print0(rt, ...), main_process_first     rank-0 printing, downloads done once
+    any_rank(rt, flag), mean_over_ranks     agreeing across processes
+    rng_state / set_rng_state               every rank's RNG, for exact resume
+    StopRequest                             Ctrl-C and SIGTERM: finish the step, save, exit
+"""
+
+import contextlib
+import gc
+import json
+import os
+import signal
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from config import UserError
+
+# ----------------------------------------------------------------------------------------------------------
+# Device and precision
+
+
+def resolve_device(requested):
+    """'auto' picks cuda, then mps, then cpu."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    kind = requested.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' asked for, but PyTorch sees no CUDA GPU (use --device=cpu or auto)")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device 'mps' asked for, but it is not available (use --device=cpu or auto)")
+    if kind not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unknown device '{requested}' (use auto, cpu, cuda, cuda:N or mps)")
+    return requested
+
+
+def resolve_dtype(requested, device_type, bf16_native):
+    """The autocast precision for a device, and whether it needs a GradScaler.
+
+    bfloat16 has float32's exponent range, so gradients do not underflow and no loss scaling is needed.
+    float16 has a 5-bit exponent: small gradients flush to zero unless the loss is scaled up before
+    backward and the gradients scaled back down before the step (GradScaler), which is what CUDA GPUs
+    without bf16 (before Ampere) and Apple GPUs without it must do.
+
+    On a CPU, 'auto' means bfloat16 only where the CPU multiplies bf16 natively (AVX-512 BF16 or AMX):
+    there it trains faster than float32 at the same loss (README, "bf16 on CPU"); elsewhere bf16 is
+    emulated and slower, so float32. float16 on a CPU is slow, but allowed when asked for: it runs the
+    same code path as a GPU without bf16 (the tests use it to check the GradScaler loop)."""
+    if requested == "auto":
+        if device_type in ("cuda", "mps"):
+            requested = "bfloat16" if bf16_native else "float16"
+        else:
+            requested = "bfloat16" if bf16_native else "float32"
+    if requested not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"unknown dtype '{requested}' (use auto, float32, bfloat16 or float16)")
+    if requested == "bfloat16" and not bf16_native and device_type != "cpu":  # CPUs can emulate it
+        raise UserError(f"bfloat16 is not supported on this {device_type} device (use float16 or float32)")
+    return requested, requested == "float16"
+
+
+def bf16_native(device_type):
+    """Does the device compute in bfloat16 natively?"""
+    if device_type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device_type == "mps":
+        try:
+            torch.ones(1, dtype=torch.bfloat16, device="mps")  # needs macOS 14 or newer
+            return True
+        except (RuntimeError, TypeError):
+            return False
+    try:  # a CPU: Linux lists its instruction sets in /proc/cpuinfo
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+@dataclass
+class Runtime:
+    """Where and how the run computes: device, autocast precision and the DDP rank."""
+
+    device: str
+    device_type: str
+    dtype: str
+    use_scaler: bool
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    def autocast(self):
+        if self.dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=getattr(torch, self.dtype))
+
+    def make_scaler(self):
+        """A GradScaler for float16, else None."""
+        return torch.amp.GradScaler(self.device_type) if self.use_scaler else None
+
+    def to_device(self, *tensors):
+        """Tensors moved to the device; on CUDA from pinned memory, so the copy overlaps with compute."""
+        if self.device_type == "cuda":
+            return tuple(t.pin_memory().to(self.device, non_blocking=True) for t in tensors)
+        return tuple(t.to(self.device) for t in tensors)
+
+
+def world_size_from_env():
+    """The number of processes torchrun started (1 without torchrun): known before any set-up, so that
+    settings that cannot work with it are refused before anything is downloaded."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def setup_runtime(device="auto", dtype="auto"):
+    """Resolve device and precision; join the process group when launched by torchrun (RANK is set)."""
+    rank, local_rank, world_size = 0, 0, 1
+    device = resolve_device(device)
+    if "RANK" in os.environ:
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+        world_size = int(os.environ["WORLD_SIZE"])
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        if device.startswith("cuda"):
+            device = f"cuda:{local_rank}"
+            torch.cuda.set_device(device)
+    device_type = device.split(":")[0]
+    dtype, use_scaler = resolve_dtype(dtype, device_type, bf16_native(device_type))
+    if device_type == "cuda":
+        # TF32 matmuls for whatever still runs in float32: ~8x faster on Ampere+ at ~1e-3 precision.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Runtime(device, device_type, dtype, use_scaler, rank, local_rank, world_size)
+
+
+def print0(rt, *args, **kwargs):
+    """print on rank 0 only."""
+    if rt.is_main:
+        print(*args, **kwargs, flush=True)
+
+
+@contextlib.contextmanager
+def session(cfg):
+    """What every run does around its work: resolve device and precision (joining the DDP process group
+    under torchrun), print the settings, and leave the process group however the run ends."""
+    rt = setup_runtime(cfg.device, cfg.dtype)
+    try:
+        print0(rt, json.dumps(asdict(cfg), indent=1))
+        print0(rt, f"device {rt.device} | dtype {rt.dtype} | compile {cfg.compile} | "
+                   f"processes {rt.world_size} | threads {torch.get_num_threads()}")
+        yield rt
+    finally:
+        if rt.world_size > 1:
+            # The DDP wrapper is freed by the garbage collector (it holds reference cycles); left to the
+            # interpreter's exit, the communication work it holds aborts the process (SIGABRT,
+            # "terminate called without an active exception", torch 2.13 with gloo). Free it now.
+            gc.collect()
+            dist.destroy_process_group()
+
+
+def main_process_first(rt, fn):
+    """fn() on rank 0, then on the other ranks once rank 0 is done: downloads and caches are written
+    once, by one process, and the others read them. If rank 0 fails, the others stop too (they would
+    otherwise wait at the barrier until torchrun's timeout)."""
+    failed = None
+    if rt.is_main:
+        try:
+            result = fn()
+        except BaseException as e:
+            failed = e
+    if rt.world_size > 1:
+        if any_rank(rt, failed is not None):
+            raise failed if failed is not None else UserError("rank 0 failed")
+    elif failed is not None:
+        raise failed
+    if not rt.is_main:
+        result = fn()
+    return result
+
+
+def any_rank(rt, flag):
+    """True on every rank if flag is True on any: a decision all processes must take together (stop at
+    this step, give up). A collective: every rank must call it."""
+    if rt.world_size == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=rt.device if rt.device_type == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def mean_over_ranks(rt, value):
+    """The mean of a scalar tensor over all processes (a collective)."""
+    if rt.world_size > 1:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= rt.world_size
+    return value
+
+
+def peak_flops(rt):
+    """The device's dense peak FLOP/s at the run's precision, for MFU, if we know it: bf16/fp16 tensor
+    cores, then TF32. None on CPU, MPS and unknown GPUs (bench.py measures a CPU's)."""
+    if rt.device_type != "cuda":
+        return None
+    table = {"H100": (989e12, 495e12), "H200": (989e12, 495e12), "A100": (312e12, 156e12),
+             "A10": (125e12, 62.5e12), "L4": (121e12, 60e12), "4090": (165e12, 82.6e12),
+             "3090": (71e12, 35.6e12), "V100": (125e12, 15.7e12), "T4": (65e12, 8.1e12)}
+    name = torch.cuda.get_device_name(rt.device)
+    for key, (half, tf32) in table.items():
+        if key in name:
+            return half if rt.dtype != "float32" else tf32
+    return None
+
+
+def peak_memory(rt):
+    """(bytes, what was measured): the GPU's peak allocation, or the process's peak resident memory."""
+    if rt.device_type == "cuda":
+        return torch.cuda.max_memory_allocated(rt.device), "peak GPU memory allocated"
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0, "peak memory unknown"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss * (1 if sys.platform == "darwin" else 1024), "peak process memory (RSS)"
+
+
+def maybe_compile(model, enabled, rt, trial):
+    """torch.compile the model, or return it unchanged with a one-line warning if compiling fails.
+    Compile errors only show at the first call, so trial(compiled) makes one, the RNG state kept."""
+    if not enabled:
+        return model
+    compiled = torch.compile(model)
+    try:
+        with torch.random.fork_rng(devices=[rt.device] if rt.device_type == "cuda" else []):
+            with rt.autocast():
+                trial(compiled)
+        return compiled
+    except Exception as e:
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+        print0(rt, f"warning: torch.compile failed ({reason}); running eager")
+        return model
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Random state, for exact resume
+
+
+def rng_state(rt):
+    """Every rank's RNG state (a list, rank by rank): under DDP each rank draws its own dropout masks. A
+    collective operation: all ranks must call it."""
+    state = {"torch": torch.get_rng_state()}
+    if rt.device_type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(rt.device)
+    if rt.world_size == 1:
+        return [state]
+    states = [None] * rt.world_size
+    dist.all_gather_object(states, {k: v.cpu() for k, v in state.items()})
+    return states
+
+
+def set_rng_state(rt, states):
+    if len(states) != rt.world_size:
+        print0(rt, f"warning: the checkpoint has the RNG state of {len(states)} processes, this run has "
+                   f"{rt.world_size}: dropout masks will differ from an uninterrupted run")
+        return
+    state = states[rt.rank]
+    torch.set_rng_state(state["torch"])
+    if rt.device_type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], rt.device)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stop signals
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) or SIGTERM, the signal that Slurm, Kubernetes, systemd and `timeout` send before
+    they kill a job, sets a flag; the loop finishes its step, saves last/ and exits. A second signal
+    interrupts at once."""
+
+    SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
+    def __init__(self, verbose=True):
+        self.reason = None  # what was received, e.g. "Ctrl-C"
+        self.verbose = verbose  # rank 0 only: torchrun passes signals to every process
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, frame):
+        if self.reason is not None:
+            raise KeyboardInterrupt
+        self.reason = self.SIGNALS[signum]
+        if self.verbose:
+            print(f"\n{self.reason}: finishing this step, saving last/ and stopping "
+                  "(send it again to abort)", flush=True)
+
+    @property
+    def requested(self):
+        return self.reason is not None
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)

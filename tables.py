@@ -1,0 +1,467 @@
+"""
+Labelled tables for classification: reading them, checking them, splitting them, caching their tokens.
+
+    load_classification_data(dataset, tokenizer, ...)   train / val / test examples and the label names
+    read_table(path)                                    rows of a .csv, .tsv or .jsonl (optionally .gz)
+
+A labelled dataset is a table with a text column and a label column. Each file is read, checked and
+tokenized once; the result is cached in data_dir/cls/, keyed by the file's sha256 and the options, so later
+runs start at once. Splits that the dataset does not provide are carved out of the training file,
+stratified by label. Texts shared between splits (leakage) are reported by leakage.py. Every problem
+with a file is one line that names the file and the lines.
+"""
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from config import UserError
+from download import download, sha256_of
+from leakage import find_leakage, format_report
+
+# Named datasets: where their files come from, and which columns hold the text and the label.
+_TWEETS = "https://huggingface.co/datasets/mteb/tweet_sentiment_extraction/resolve/d604517c81ca91fe16a244d1248fc021f9ecee7a"
+_FAKE_NEWS = "https://raw.githubusercontent.com/diptamath/covid_fake_news/030deba36d118c124709fd72d7d5f14c7bc69053/data"
+CLS_DATASETS = {
+    # Kaggle's Tweet Sentiment Extraction (27,481 / 3,534 tweets), as published by MTEB, pinned to a revision
+    # of the Hugging Face repository (a file at a fixed revision cannot change, so no sha256 is needed).
+    "tweet_sentiment": {
+        "files": {"train": (f"{_TWEETS}/train.jsonl", None, None), "test": (f"{_TWEETS}/test.jsonl", None, None)},
+        "text_column": "text",
+        "label_column": "label_text",  # names (negative, neutral, positive); 'label' has their ids
+    },
+    # CONSTRAINT-2021 COVID-19 fake news (Patwa et al.): 6,420 / 2,140 / 2,140 posts labelled real or fake.
+    "fake_news": {
+        "files": {
+            "train": (f"{_FAKE_NEWS}/Constraint_Train.csv", "441f3985bb76eb69d1e488cf292f80add96c4dddfa43ba7c060889607837ddce", 1253562),
+            "val": (f"{_FAKE_NEWS}/Constraint_Val.csv", "c610931d0641fe1d9b9495c453f99ae7aa45bf294c7db6333ec84ecebb0b6c3c", 412789),
+            "test": (f"{_FAKE_NEWS}/english_test_with_labels.csv", "7152fc681884a22013218c5dd9a73c6fd99d4b084705723e1e49d18c97ca8281", 424950),
+        },
+        "text_column": "tweet",
+        "label_column": "label",
+    },
+    # The Large Movie Review Dataset (Maas et al. 2011): 25,000 / 25,000 reviews, positive or negative. One
+    # archive of 100,000 small files, turned into two CSV files once (see imdb_archive_to_csv).
+    "imdb": {
+        "archive": ("https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
+                    "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe", 84125825),
+        "files": {"train": "train.csv.gz", "test": "test.csv.gz"},
+        "text_column": "review",
+        "label_column": "sentiment",
+    },
+}
+
+# Column names tried, in order, when --text_column / --label_column are not given. label_text comes before
+# label because datasets that have both keep the names there and the ids in label.
+TEXT_COLUMNS = ("text", "sentence", "review", "tweet", "content", "body", "document", "comment")
+LABEL_COLUMNS = ("label_text", "label", "labels", "sentiment", "class", "category", "target")
+
+
+def imdb_archive_to_csv(archive, out_dir):
+    """Turn aclImdb_v1.tar.gz into train.csv.gz and test.csv.gz (id, review, sentiment, rating).
+
+    The archive is read as a stream, member by member, so its 100,000 files are never unpacked to disk.
+    Reviews are aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt; the unlabelled train/unsup ones are skipped."""
+    rows = {"train": [], "test": []}
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar:
+                parts = member.name.split("/")
+                if not member.isfile() or len(parts) != 4 or parts[1] not in rows or parts[2] not in ("pos", "neg"):
+                    continue
+                stem = parts[3].removesuffix(".txt")
+                review = tar.extractfile(member).read().decode("utf-8")
+                sentiment = "positive" if parts[2] == "pos" else "negative"
+                rows[parts[1]].append((f"{parts[1]}/{parts[2]}/{stem}", review, sentiment, stem.split("_")[-1]))
+    except (tarfile.TarError, OSError, EOFError, UnicodeDecodeError) as e:
+        raise UserError(f"{archive} is not a readable IMDB archive ({type(e).__name__}: {e}); delete it and run again") from None
+    for split, split_rows in rows.items():
+        tmp = Path(out_dir) / f".{split}.csv.gz.tmp{os.getpid()}"
+        with gzip.open(tmp, "wt", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["id", "review", "sentiment", "rating"])
+            writer.writerows(split_rows)
+        os.replace(tmp, Path(out_dir) / f"{split}.csv.gz")
+
+
+def resolve_cls_dataset(dataset, data_dir):
+    """({split: path}, text column, label column) of a named dataset (downloaded once into data_dir/<name>) or
+    of a file path (only a train split; no column known)."""
+    if dataset not in CLS_DATASETS:
+        if not Path(dataset).is_file():
+            names = ", ".join(CLS_DATASETS)
+            raise UserError(f"dataset '{dataset}' is neither a named dataset ({names}) nor an existing file")
+        return {"train": Path(dataset)}, "", ""
+    spec = CLS_DATASETS[dataset]
+    directory = Path(data_dir) / dataset
+    how = "local files instead: --dataset=TRAIN_FILE --test_dataset=TEST_FILE (.csv, .tsv or .jsonl, optionally .gz)"
+    if "archive" in spec:
+        url, sha256, size = spec["archive"]
+        paths = {split: directory / name for split, name in spec["files"].items()}
+        if not all(p.exists() for p in paths.values()):
+            archive = download(url, directory / url.rsplit("/", 1)[-1], sha256, size, what=how)
+            print(f"converting {archive} to {', '.join(p.name for p in paths.values())}", file=sys.stderr)
+            imdb_archive_to_csv(archive, directory)
+    else:
+        paths = {}
+        for split, (url, sha256, size) in spec["files"].items():
+            paths[split] = download(url, directory / url.rsplit("/", 1)[-1], sha256, size, what=how)
+    return paths, spec["text_column"], spec["label_column"]
+
+
+def read_table(path):
+    """(columns, rows) of a .csv, .tsv or .jsonl file, optionally gzip-compressed; rows are (line, {column: value}).
+
+    Any problem with the file itself (not UTF-8, malformed rows, not gzip) is a UserError that names the lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found")
+    name = path.name.lower().removesuffix(".gz")
+    kind = name.rsplit(".", 1)[-1]
+    if kind not in ("csv", "tsv", "jsonl"):
+        raise UserError(f"{path}: unsupported file type; use .csv, .tsv or .jsonl (optionally .gz)")
+    raw = path.read_bytes()
+    if path.name.lower().endswith(".gz"):
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise UserError(f"{path} is not a valid gzip file ({e})") from None
+    try:
+        text = raw.decode("utf-8-sig")  # -sig: a byte-order mark (spreadsheet exports) is not part of the header
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise UserError(f"{path} is not UTF-8 text (line {line}, byte {e.start}); convert it to UTF-8 first") from None
+    if kind == "jsonl":
+        return _read_jsonl(path, text)
+    return _read_delimited(path, text, kind)
+
+
+def _lines(numbers):
+    """'line 7' or 'lines 3, 4, 9, ...' (the first ten)."""
+    shown = ", ".join(map(str, numbers[:10])) + (", ..." if len(numbers) > 10 else "")
+    return f"line {shown}" if len(numbers) == 1 else f"lines {shown}"
+
+
+def _read_delimited(path, text, kind):
+    # The csv module refuses fields over 128 KiB by default, a guard against runaway quoting; a long review
+    # or article is a valid field, and a runaway quote is reported as malformed rows below anyway.
+    csv.field_size_limit(2**31 - 1)
+    # CSV fields may be quoted (and then hold commas, quotes and newlines). TSV, by its definition, has no
+    # quoting: a field holds no tab or newline, and a quote is just a character.
+    if kind == "csv":
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    else:
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise UserError(f"{path} is empty")
+        rows, malformed = [], []
+        start = reader.line_num + 1  # the line where the next record starts (a quoted field may span lines)
+        for fields in reader:
+            if fields:  # a blank line is not a record
+                if len(fields) == len(header):
+                    rows.append((start, dict(zip(header, fields))))
+                else:
+                    malformed.append(start)
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise UserError(f"{path}: malformed {kind.upper()} at line {reader.line_num} ({e})") from None
+    if malformed:
+        raise UserError(f"{path}: {_lines(malformed)} malformed ({len(malformed)} in all): each row needs the "
+                        f"{len(header)} fields of the header ({', '.join(header)})")
+    return header, rows
+
+
+def _read_jsonl(path, text):
+    columns, rows, malformed = {}, [], []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            obj = None
+        if not isinstance(obj, dict):
+            malformed.append(number)
+            continue
+        columns.update(dict.fromkeys(obj))
+        rows.append((number, obj))
+    if malformed:
+        raise UserError(f"{path}: {_lines(malformed)} malformed ({len(malformed)} in all): each line must be one JSON object")
+    if not rows:
+        raise UserError(f"{path} is empty")
+    return list(columns), rows
+
+
+def pick_columns(columns, text_column, label_column, path, need_label=True):
+    """(text columns, label column). text_column may name several columns, comma-separated
+    ("title,text"): their values are joined. Empty names are guessed from common ones. Without
+    need_label, a label column that cannot be guessed is None (texts to predict)."""
+    found = ", ".join(columns)
+    if text_column:
+        texts = [c.strip() for c in text_column.split(",")]
+    else:
+        texts = [_guess(columns, TEXT_COLUMNS, f"which column holds the text in {path} (columns: "
+                                               f"{found}); pass --text_column")]
+    label = label_column or _guess([c for c in columns if c not in texts], LABEL_COLUMNS,
+                                   f"which column holds the label in {path} (columns: {found}); "
+                                   "pass --label_column", required=need_label)
+    for c in (*texts, *([label] if label else [])):
+        if c not in columns:
+            raise UserError(f"{path} has no column '{c}' (columns: {found})")
+    return texts, label
+
+
+def _guess(columns, candidates, question, required=True):
+    by_lower = {c.lower(): c for c in columns}
+    for name in candidates:
+        if name in by_lower:
+            return by_lower[name]
+    if required:
+        raise UserError(f"cannot tell {question}")
+    return None
+
+
+@dataclass
+class LabelledTexts:
+    """The examples of one split: their texts, their tokens (cut to the model's context) and labels."""
+
+    texts: list  # the full text of each example (str), for the leakage check and for predictions
+    tokens: list  # one uint16 array per example, at most block_size tokens (see truncate)
+    labels: np.ndarray  # the label name of each example (str)
+    source: str  # where they come from, for messages
+
+    def __len__(self):
+        return len(self.labels)
+
+    def lengths(self):
+        return np.array([len(t) for t in self.tokens], dtype=np.int64)
+
+    def subset(self, indices, source):
+        return LabelledTexts([self.texts[i] for i in indices], [self.tokens[i] for i in indices],
+                             self.labels[indices], source)
+
+
+def truncate(ids, n, how):
+    """At most n of a text's token ids: its start (head), its end (tail) or both (head_tail).
+
+    A classifier reads one vector per text, so a long text must be cut to the model's context. For long
+    reviews, keeping the start and the end beats either alone ("How to Fine-Tune BERT for Text
+    Classification?", Sun et al. 2019: the first quarter of the budget from the head, the rest from the
+    tail): a review's opening sets the subject and its ending gives the verdict."""
+    if len(ids) <= n:
+        return ids
+    if how == "head":
+        return ids[:n]
+    if how == "tail":
+        return ids[len(ids) - n :]
+    head = n // 4
+    return ids[:head] + ids[len(ids) - (n - head) :]
+
+
+TRUNCATIONS = ("head", "tail", "head_tail")
+CLS_CACHE_VERSION = 2  # bump when what the cache holds changes
+HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+
+
+def load_labelled_file(path, text_column, label_column, tokenizer, block_size, truncation, cache_dir):
+    """The examples of one file, tokenized and cut to block_size tokens; cached in cache_dir.
+
+    Rows with an empty text or label are skipped and counted. The cache key is the file's sha256 plus
+    every option that changes the result, so editing the file or an option rebuilds it."""
+    path = Path(path)
+    options = [sha256_of(path), text_column, label_column, block_size, truncation, tokenizer.to_dict(),
+               CLS_CACHE_VERSION]
+    key = hashlib.sha256(json.dumps(options).encode()).hexdigest()[:16]
+    cache = Path(cache_dir) / f"{path.name}-{key}.npz"
+    if not cache.exists():
+        _tokenize_file(path, text_column, label_column, tokenizer, block_size, truncation, cache)
+    with np.load(cache, allow_pickle=False) as f:
+        ids, offsets, labels = f["ids"], f["offsets"], f["labels"]
+        text_bytes, text_offsets = f["texts"].tobytes(), f["text_offsets"]
+        stats = json.loads(str(f["stats"]))
+    tokens = [ids[offsets[i] : offsets[i + 1]] for i in range(len(labels))]
+    texts = [text_bytes[text_offsets[i] : text_offsets[i + 1]].decode() for i in range(len(labels))]
+    note = (f"{path}: {len(labels):,} examples (text: {'+'.join(stats['text_columns'])}, "
+            f"label: {stats['label_column']})")
+    if stats["skipped"]:
+        rows = "1 row" if stats["skipped"] == 1 else f"{stats['skipped']:,} rows"
+        note += f"; skipped {rows} with an empty text or label ({_lines(stats['skipped_lines'])})"
+    if stats["truncated"]:
+        note += f"; {stats['truncated']:,} texts cut to {block_size} tokens ({truncation})"
+    print(note)
+    return LabelledTexts(texts, tokens, labels, str(path))
+
+
+def table_texts(row, text_columns):
+    """The text of a row: its text columns joined with a newline (a title and its article), empty cells
+    left out, HTML line breaks (<br />, as in the IMDB reviews) turned into newlines."""
+    cells = [str(row[c]) for c in text_columns if row.get(c) is not None and str(row[c]).strip()]
+    return HTML_BREAK.sub("\n", "\n".join(cells))
+
+
+def _tokenize_file(path, text_column, label_column, tokenizer, block_size, truncation, cache):
+    columns, rows = read_table(path)
+    text_columns, label_column = pick_columns(columns, text_column, label_column, path)
+    texts, tokens, labels, skipped_lines, truncated = [], [], [], [], 0
+    for line, row in rows:
+        text = table_texts(row, text_columns)
+        label = row.get(label_column)
+        label = "" if label is None else str(label).strip()
+        if not text.strip() or not label:
+            skipped_lines.append(line)
+            continue
+        ids = tokenizer.encode(text)
+        truncated += len(ids) > block_size
+        tokens.append(np.array(truncate(ids, block_size, truncation), dtype=np.uint16))
+        labels.append(label)
+        texts.append(text.encode())
+    if not labels:
+        raise UserError(f"{path}: no rows with both a text and a label")
+    if tokenizer.vocab_size > 65536:
+        raise UserError("vocabularies larger than 65536 do not fit the uint16 token cache")
+    stats = {"text_columns": text_columns, "label_column": label_column, "skipped": len(skipped_lines),
+             "skipped_lines": skipped_lines[:10], "truncated": truncated}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.savez(f, ids=np.concatenate(tokens), offsets=np.cumsum([0] + [len(t) for t in tokens]),
+                 labels=np.array(labels), texts=np.frombuffer(b"".join(texts), dtype=np.uint8),
+                 text_offsets=np.cumsum([0] + [len(t) for t in texts]), stats=np.array(json.dumps(stats)))
+    os.replace(tmp, cache)
+
+
+def sorted_labels(names):
+    """The distinct label names in a stable order: numerically when they are all integers ("2" after
+    "10" would surprise), else alphabetically."""
+    distinct = set(names.tolist())
+    if all(n.lstrip("-").isdigit() for n in distinct):
+        return sorted(distinct, key=int)
+    return sorted(distinct)
+
+
+def stratified_choice(labels, counts, seed):
+    """Indices of counts[label] examples of each label, chosen at random with seed (sorted)."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in sorted(counts):
+        members = np.flatnonzero(labels == label)
+        rng.shuffle(members)
+        chosen.extend(members[: counts[label]].tolist())
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
+def stratified_split(labels, fraction, seed):
+    """(kept, held out) indices: `fraction` of each label's examples held out, chosen at random with seed,
+    so the held-out part has the same label proportions as the whole."""
+    counts = {label: round(fraction * n) for label, n in zip(*np.unique(labels, return_counts=True))}
+    held = stratified_choice(labels, counts, seed)
+    return np.setdiff1d(np.arange(len(labels)), held), held
+
+
+def sample_of(split, n, seed):
+    """n examples of a split, in the split's label proportions (largest remainders), seeded: for quick
+    runs. The whole split when n is 0 or not smaller than it."""
+    if not 0 < n < len(split):
+        return split
+    names, sizes = np.unique(split.labels, return_counts=True)
+    quota = sizes * n / len(split)
+    counts = np.floor(quota).astype(int)
+    counts[np.argsort(counts - quota, kind="stable")[: n - counts.sum()]] += 1
+    chosen = stratified_choice(split.labels, dict(zip(names, counts.tolist())), seed)
+    return split.subset(chosen, f"{n:,} of {split.source}")
+
+
+@dataclass
+class ClassificationData:
+    labels: list  # the label names; class i is labels[i]
+    splits: dict  # "train", "val", "test" -> LabelledTexts
+
+    def targets(self, split):
+        """The class ids of a split's examples."""
+        index = {name: i for i, name in enumerate(self.labels)}
+        return np.array([index[name] for name in self.splits[split].labels.tolist()], dtype=np.int64)
+
+
+def load_classification_data(dataset, tokenizer, data_dir, *, val_dataset="", test_dataset="",
+                             text_column="", label_column="", val_fraction=0.1, block_size=256,
+                             truncation="head", max_train_samples=0, max_val_samples=0,
+                             max_test_samples=0, drop_leaked=False, seed=1337):
+    """Train, validation and test examples of a classification dataset, and its label names.
+
+    A named dataset brings its own test (and maybe validation) file; --val_dataset / --test_dataset name
+    them for a local file. A split that is not given is carved out of train: val_fraction of each label,
+    seeded. Texts shared by two splits are reported (leakage.py): they make validation and test scores
+    optimistic; drop_leaked removes them from the training split."""
+    paths, default_text, default_label = resolve_cls_dataset(dataset, data_dir)
+    if val_dataset:
+        paths["val"] = Path(val_dataset)
+    if test_dataset:
+        paths["test"] = Path(test_dataset)
+    text_column, label_column = text_column or default_text, label_column or default_label
+    cache_dir = Path(data_dir) / "cls"
+    splits = {name: load_labelled_file(paths[name], text_column, label_column, tokenizer, block_size,
+                                       truncation, cache_dir)
+              for name in ("train", "val", "test") if name in paths}
+
+    train = splits["train"]
+    labels = sorted_labels(train.labels)
+    if len(labels) < 2:
+        raise UserError(f"{train.source}: every example has the label '{labels[0]}'; a classifier needs "
+                        "at least two classes")
+    for name in ("test", "val"):
+        if name not in splits:
+            kept, held = stratified_split(train.labels, val_fraction, seed)
+            if len(held) == 0:
+                raise UserError(f"val_fraction {val_fraction} of {len(train)} examples leaves no {name} "
+                                "examples")
+            splits[name] = train.subset(held, f"{val_fraction:.0%} of {train.source}")
+            train = train.subset(kept, train.source)
+    splits["train"] = train
+    for name in ("val", "test"):
+        unseen = sorted(set(splits[name].labels.tolist()) - set(labels))
+        if unseen:
+            rows = int((splits[name].labels == unseen[0]).sum())
+            rows = "1 row" if rows == 1 else f"{rows} rows"
+            more = f" and {len(unseen) - 1} more new labels" if len(unseen) > 1 else ""
+            raise UserError(f"{splits[name].source}: label '{unseen[0]}' ({rows}){more} never occurs in "
+                            f"the training data (labels: {', '.join(labels)})")
+    splits = {name: splits[name] for name in ("train", "val", "test")}
+    splits = report_leakage(splits, drop_leaked)
+    for name, n in (("train", max_train_samples), ("val", max_val_samples), ("test", max_test_samples)):
+        splits[name] = sample_of(splits[name], n, seed)
+    data = ClassificationData(labels, splits)
+    for name, split in data.splits.items():
+        counts = np.bincount(data.targets(name), minlength=len(labels))
+        shown = ", ".join(f"{label} {n:,}" for label, n in zip(labels, counts))
+        print(f"{name}: {len(split):,} examples ({shown}) from {split.source}")
+    return data
+
+
+def report_leakage(splits, drop_leaked):
+    """Print the texts that two splits share (exact and near duplicates, see leakage.py); with
+    drop_leaked, return the training split without them. Returns the splits."""
+    report = find_leakage({name: s.texts for name, s in splits.items()},
+                          {name: s.labels.tolist() for name, s in splits.items()}, train_split="train")
+    leaked = {key: sum(len(d.rows_b) for d in dups.values()) for key, dups in report.pairs.items()}
+    if any(leaked.values()):
+        print(format_report(report))
+        print("warning: leakage: scores on a split that shares texts with train are optimistic"
+              + ("" if drop_leaked else " (--drop_leaked=True removes them from train)"))
+    if drop_leaked and report.train_drop:
+        train = splits["train"]
+        kept = np.setdiff1d(np.arange(len(train)), np.asarray(sorted(report.train_drop)))
+        source = f"{train.source} less {len(train) - len(kept):,} texts shared with other splits"
+        splits = {**splits, "train": train.subset(kept, source)}
+    return splits
