@@ -233,7 +233,8 @@ def main(argv=None):
         results = classify_texts(model, tokenizer, texts, info.labels, rt.device, truncation=truncation)
         for text, (label, probs) in zip(texts, results):
             shown = "  ".join(f"{name} {p:.3f}" for name, p in zip(info.labels, probs))
-            print(f"{label:>12}  [{shown}]  {text}")
+            one_line = text.replace("\n", "\\n")  # one result per line, whatever the text holds
+            print(f"{label:>12}  [{shown}]  {one_line}")
         return
     if args.text or args.file:
         raise UserError(f"{args.out_dir} is a language model; --text/--file need a classifier checkpoint")
