@@ -6,10 +6,10 @@ Speed measurements (kept out of the tests, which never time anything).
     python bench.py sample [--device=cpu --dtype=float32]   # GPT-2 124M greedy, with and without KV cache
 
 `train` runs the real training loop of train.py (same step, same data pipeline) on the config, with
-evaluation reduced to one batch, and reports the median tokens/s over its log windows after the first
-(which includes warm-up and compilation), plus MFU against the measured matmul peak of the device when no
---peak_flops is given. `sample` uses a randomly initialised model of GPT-2 124M's shape: speed does not
-depend on the weights.
+evaluation reduced to one batch, and reports the median tokens/s over its log windows after the
+first (which includes warm-up and compilation), plus MFU against the measured matmul peak of the
+device when no --peak_flops is given. `sample` uses a randomly initialised model of GPT-2 124M's
+shape: speed does not depend on the weights.
 """
 
 import argparse
@@ -55,7 +55,8 @@ def bench_matmul(argv):
     args = p.parse_args(argv)
     rt = setup_runtime(args.device, "float32")
     for dtype in (torch.float32, torch.bfloat16):
-        print(f"{rt.device} {str(dtype)[6:]:>8} matmul: {matmul_flops(rt.device, dtype) / 1e9:8.1f} GFLOP/s")
+        print(f"{rt.device} {str(dtype)[6:]:>8} matmul: "
+              f"{matmul_flops(rt.device, dtype) / 1e9:8.1f} GFLOP/s")
 
 
 def bench_train(argv):
@@ -110,8 +111,9 @@ def bench_sample(argv):
             _sync(rt.device)
         elapsed = time.perf_counter() - start
         name = "with KV cache" if use_cache else "no KV cache  "
-        print(f"sample: GPT-2 124M shape, {rt.device} {rt.dtype}, {name}: {args.new_tokens / elapsed:6.1f} tokens/s "
-              f"({args.new_tokens} new tokens after a {args.prompt_tokens}-token prompt, greedy)")
+        print(f"sample: GPT-2 124M shape, {rt.device} {rt.dtype}, {name}: "
+              f"{args.new_tokens / elapsed:6.1f} tokens/s ({args.new_tokens} new tokens after a "
+              f"{args.prompt_tokens}-token prompt, greedy)")
 
 
 def main():

@@ -1,11 +1,11 @@
 """
 Checkpoints: one directory per checkpoint, written atomically, checked when read.
 
-    model.safetensors   the weights (safetensors: a plain tensor format, nothing is unpickled on load)
-    config.json         CheckpointInfo (below): model shape, task, tokenizer, labels, data, settings
-    train_state.pt      what resuming needs besides the weights (last/ only): optimizer, grad scaler,
-                        counters, RNG and sampler state; only tensors, numbers and strings, so
-                        torch.load(weights_only=True) reads it without unpickling code
+    model.safetensors   the weights (safetensors: plain tensors, nothing is unpickled)
+    config.json         CheckpointInfo (below): shape, task, tokenizer, labels, data, settings
+    train_state.pt      what resuming needs besides the weights (last/ only): optimizer, grad
+                        scaler, counters, RNG and sampler state; only tensors, numbers and
+                        strings, so torch.load(weights_only=True) reads it without unpickling code
     SHA256SUMS          the sha256 of the other files, checked on every load (by hand: sha256sum -c)
 
 A run directory holds last/ (written at every evaluation and at the end) and best/ (when validation
@@ -26,9 +26,10 @@ from config import UserError
 from download import sha256_of
 from model import GPTConfig, model_class
 
-WEIGHTS, CONFIG, TRAIN_STATE, SUMS = "model.safetensors", "config.json", "train_state.pt", "SHA256SUMS"
+WEIGHTS, CONFIG, SUMS = "model.safetensors", "config.json", "SHA256SUMS"
+TRAIN_STATE = "train_state.pt"
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # config.json
 
 
@@ -41,11 +42,12 @@ class CheckpointInfo:
     tokenizer   data.<Tokenizer>.to_dict(): {"type": "gpt2"} or {"type": "char", "chars": "..."};
                 train.py compares it with the data's before resuming or starting from the checkpoint
     labels      cls: the class names, class i is labels[i] (sample.py, evaluate.py, the HF export)
-    data        lm: prepare_lm_data's meta (its source_sha256 must match to resume); cls: split sources
+    data        lm: prepare_lm_data's meta (its source_sha256 must match to resume);
+                cls: where each split came from
     iter_num    the optimizer steps behind these weights
     metrics     the evaluation these weights were saved with, made at iteration evaluated_at
-    run         the settings of the run that wrote it (resume checks its shape settings against them)
-    source      hf_import: where the weights were imported from (found again instead of re-importing)
+    run         the settings of the run that wrote it (resume checks the shape against them)
+    source      hf_import: where the weights were imported from (not imported twice)
     """
 
     model: GPTConfig
@@ -78,7 +80,8 @@ class CheckpointInfo:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise bad(f"model.{key} is {value!r}, not a positive integer")
         if shape["n_embd"] % shape["n_head"]:
-            raise bad(f"model.n_embd {shape['n_embd']} is not divisible by n_head {shape['n_head']}")
+            raise bad(f"model.n_embd {shape['n_embd']} is not divisible by n_head "
+                      f"{shape['n_head']}")
         model = GPTConfig(**shape)
         task = d.get("task") or ("cls" if model.n_classes else "lm")
         if task not in ("lm", "cls") or (task == "cls") != (model.n_classes > 0):
@@ -87,7 +90,8 @@ class CheckpointInfo:
         if not isinstance(tokenizer, dict) or tokenizer.get("type") not in ("char", "gpt2"):
             raise bad("it names no tokenizer (expected {'type': 'gpt2'} or {'type': 'char', ...})")
         if tokenizer["type"] == "char" and len(tokenizer.get("chars") or "") != model.vocab_size:
-            raise bad(f"its character vocabulary does not have vocab_size {model.vocab_size} characters")
+            raise bad(f"its character vocabulary does not have vocab_size {model.vocab_size} "
+                      "characters")
         labels = d.get("labels")
         if task == "cls" and (not isinstance(labels, list) or len(labels) != model.n_classes):
             raise bad(f"a classifier with {model.n_classes} classes needs as many label names")
@@ -95,13 +99,13 @@ class CheckpointInfo:
         return cls(**{**{k: v for k, v in d.items() if k in names}, "model": model, "task": task})
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Writing
 
 
 def unwrap(model):
-    """The plain model inside a DDP wrapper and/or a torch.compile wrapper, so saved keys never carry
-    'module.' or '_orig_mod.' prefixes."""
+    """The plain model inside a DDP wrapper and/or a torch.compile wrapper, so saved keys never
+    carry 'module.' or '_orig_mod.' prefixes."""
     model = getattr(model, "module", model)  # DistributedDataParallel
     return getattr(model, "_orig_mod", model)  # torch.compile
 
@@ -118,10 +122,10 @@ def remove(path):
 def write_directory(directory, fill):
     """Create `directory` atomically with fill(tmp), which writes its files into tmp.
 
-    Everything is written into a hidden sibling directory first, then swapped in with renames. If the
-    process dies at any point, either the previous directory or the new one is complete on disk (between
-    the two renames the previous one is at .<name>.old, where find_checkpoint also looks). An OS error
-    (disk full, read-only) is one line; the previous directory is left as it was."""
+    Everything is written into a hidden sibling directory first, then swapped in with renames. If
+    the process dies at any point, either the previous directory or the new one is complete on disk
+    (between the two renames the previous one is at .<name>.old, where find_checkpoint also looks).
+    An OS error (disk full, read-only) is one line; the previous directory is left as it was."""
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp")
     old = directory.with_name(f".{directory.name}.old")
@@ -140,17 +144,19 @@ def write_directory(directory, fill):
         os.replace(tmp, directory)
         remove(old)
     except OSError as e:
-        raise UserError(f"could not write {directory}: {e.strerror or e} ({e.filename or directory}); "
-                        "the previous copy, if any, is intact") from None
+        raise UserError(f"could not write {directory}: {e.strerror or e} "
+                        f"({e.filename or directory}); the previous copy, if any, is "
+                        "intact") from None
 
 
 def save_checkpoint(directory, model, info, train_state=None):
-    """Write a checkpoint directory atomically (see write_directory). Non-finite weights are refused:
-    a checkpoint must never hold a model that diverged."""
+    """Write a checkpoint directory atomically (see write_directory). Non-finite weights are
+    refused: a checkpoint must never hold a model that diverged."""
     model = unwrap(model)
-    # lm_head.weight is the same tensor as transformer.wte.weight (weight tying); safetensors refuses to
-    # store shared tensors, and storing it once is enough: loading ties them again.
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    # lm_head.weight is the same tensor as transformer.wte.weight (weight tying); safetensors
+    # refuses to store shared tensors, and storing it once is enough: loading ties them again.
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+             if k != "lm_head.weight"}
     broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if broken:
         raise UserError(f"refusing to write {directory}: {broken[0]} holds NaN or inf")
@@ -169,13 +175,13 @@ def save_checkpoint(directory, model, info, train_state=None):
     write_directory(directory, fill)
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Reading
 
 
 def find_checkpoint(path):
-    """A checkpoint directory from what a user passes: the checkpoint itself, or a run directory (its
-    best/, else its last/). Falls back to the .old copy left by a save interrupted mid-swap."""
+    """A checkpoint directory from what a user passes: the checkpoint itself, or a run directory
+    (its best/, else its last/). Falls back to the .old copy left by a save interrupted mid-swap."""
     path = Path(path)
     for candidate in (path, path / "best", path / "last"):
         if (candidate / CONFIG).is_file():
@@ -183,16 +189,18 @@ def find_checkpoint(path):
         old = candidate.with_name(f".{candidate.name}.old")
         if not candidate.exists() and (old / CONFIG).is_file():
             return old
-    raise UserError(f"no checkpoint in {path} (expected {CONFIG} and {WEIGHTS} there or in best/ or last/)")
+    raise UserError(f"no checkpoint in {path} (expected {CONFIG} and {WEIGHTS} there or in best/ "
+                    "or last/)")
 
 
 def verify(directory, name):
-    """Check a file of a checkpoint against its SHA256SUMS (if it has one): one line if it is damaged."""
+    """Check a checkpoint's file against its SHA256SUMS (if any): one line if it is damaged."""
     directory = Path(directory)
     sums = directory / SUMS
     if not sums.is_file():
         return
-    expected = dict(reversed(line.split(maxsplit=1)) for line in sums.read_text().splitlines() if line)
+    lines = [line.split(maxsplit=1) for line in sums.read_text().splitlines() if line]
+    expected = {name: digest for digest, name in lines}
     if name not in expected:
         return
     if not (directory / name).is_file():
@@ -213,42 +221,47 @@ def read_info(directory):
 
 
 def empty_model(config):
-    """A model whose tensors live on the "meta" device: names and shapes but no storage and no random
-    init, so building even the largest GPT-2 costs nothing. The shell that weights are loaded into."""
+    """A model whose tensors live on the "meta" device: names and shapes but no storage and no
+    random init, so building even the largest GPT-2 costs nothing. The shell that weights are loaded
+    into."""
     with torch.device("meta"):
         return model_class(config)(config)
 
 
 def expected_shapes(config):
-    """{name: shape} of every tensor a checkpoint stores for this config (lm_head is wte: not stored)."""
+    """{name: shape} of every tensor a checkpoint stores for this config (lm_head is wte: left
+    out)."""
     shapes = {k: tuple(v.shape) for k, v in empty_model(config).state_dict().items()}
     shapes.pop("lm_head.weight")
     return shapes
 
 
 def read_weights(path, config):
-    """The tensors of a model.safetensors file, checked name by name and shape by shape against config,
-    as float32."""
+    """The tensors of a model.safetensors file, checked name by name and shape by shape against
+    config, as float32."""
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as e:
-        raise UserError(f"{path} is not a readable safetensors file ({e}); the checkpoint is damaged") from None
+        raise UserError(f"{path} is not a readable safetensors file ({e}); the checkpoint is "
+                        "damaged") from None
     expected = expected_shapes(config)
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise UserError(f"{path} does not fit its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise UserError(f"{path} does not fit its config: missing {missing[:3]}, unexpected "
+                        f"{unexpected[:3]}")
     for name, tensor in state.items():
         if tuple(tensor.shape) != expected[name]:
-            raise UserError(f"{path}: {name} has shape {tuple(tensor.shape)}, the config says {expected[name]}")
+            raise UserError(f"{path}: {name} has shape {tuple(tensor.shape)}, the config says "
+                            f"{expected[name]}")
         if not tensor.is_floating_point():
             raise UserError(f"{path}: {name} holds {tensor.dtype}, not floating-point weights")
     return {k: v.float() for k, v in state.items()}
 
 
 def model_from_state(config, state):
-    """A model holding exactly these tensors. assign=True makes the loaded tensors the parameters of the
-    empty (meta) model, with no copy and no wasted random init; that replaces wte's Parameter object, so
-    the head is tied to it again."""
+    """A model holding exactly these tensors. assign=True makes the loaded tensors the parameters of
+    the empty (meta) model, with no copy and no wasted random init; that replaces wte's Parameter
+    object, so the head is tied to it again."""
     model = empty_model(config)
     model.load_state_dict(state, strict=False, assign=True)
     model.lm_head.weight = model.transformer.wte.weight
@@ -257,8 +270,8 @@ def model_from_state(config, state):
 
 
 def load_model(path, device="cpu"):
-    """(model, info) from a checkpoint directory (or a run directory: see find_checkpoint): a GPT for a
-    language model, a GPTClassifier for a classifier."""
+    """(model, info) from a checkpoint directory (or a run directory: see find_checkpoint): a GPT
+    for a language model, a GPTClassifier for a classifier."""
     directory = find_checkpoint(path)
     info = read_info(directory)
     verify(directory, WEIGHTS)
@@ -270,13 +283,16 @@ def load_train_state(directory):
     """What resuming needs (see train.py's TrainState), checked for its parts."""
     path = Path(directory) / TRAIN_STATE
     if not path.is_file():
-        raise UserError(f"{path} not found: this checkpoint cannot be resumed (it has weights only)")
+        raise UserError(f"{path} not found: this checkpoint cannot be resumed (it has weights "
+                        "only)")
     verify(directory, TRAIN_STATE)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"{path} is unreadable ({type(e).__name__}); the checkpoint is damaged") from None
-    missing = [k for k in ("iter_num", "optimizer", "sampler", "rng") if not isinstance(state, dict) or k not in state]
+        raise UserError(f"{path} is unreadable ({type(e).__name__}); the checkpoint is "
+                        "damaged") from None
+    parts = ("iter_num", "optimizer", "sampler", "rng")
+    missing = [k for k in parts if not isinstance(state, dict) or k not in state]
     if missing:
         raise UserError(f"{path} has no {missing[0]} state: the checkpoint is damaged")
     return state

@@ -6,9 +6,9 @@ A script's settings are a dataclass whose fields are declared with `setting(help
   1. the defaults;
   2. config files: plain Python that assigns values, e.g. configs/shakespeare.py;
   3. the command line: --key=value or --key value, converted to the default's type.
-Every value is then checked against its rule ("> 0", "[0, 1)", a list of choices) and must be finite,
-whether it came from a file, the command line or Python code (the dataclass checks itself on creation).
-An unknown key names the closest valid one.
+Every value is then checked against its rule ("> 0", "[0, 1)", a list of choices) and must be
+finite, whether it came from a file, the command line or Python code (the dataclass checks itself on
+creation). An unknown key names the closest valid one.
 """
 
 import argparse
@@ -22,25 +22,27 @@ from pathlib import Path
 
 
 class UserError(Exception):
-    """A mistake the user can fix (missing file, bad setting, no network...): one line, exit status 1."""
+    """A mistake the user can fix (missing file, bad setting, no network...): one line, status 1."""
 
 
 def run_main(main):
-    """Run a script's main(); a UserError becomes one line on stderr and exit status 1, no traceback.
+    """Run a script's main(); a UserError becomes one line on stderr and exit status 1, no
+    traceback.
 
-    Under torchrun every process would print the same error: only rank 0 does, the others exit quietly."""
+    Under torchrun every process would print the same error: only rank 0 does, the others exit
+    quietly."""
     try:
         main()
     except UserError as e:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
-    except KeyboardInterrupt:  # e.g. during a download: the partial file is kept and resumed next time
+    except KeyboardInterrupt:  # e.g. in a download: the partial file is kept, resumed next time
         print("interrupted", file=sys.stderr)
         sys.exit(130)
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Declaring settings
 
 
@@ -62,7 +64,8 @@ def satisfies(value, rule):
         return value in rule
     if m := _COMPARISON.fullmatch(rule):
         bound = float(m.group(2))
-        return {">=": value >= bound, ">": value > bound, "<=": value <= bound, "<": value < bound}[m.group(1)]
+        holds = {">=": value >= bound, ">": value > bound, "<=": value <= bound, "<": value < bound}
+        return holds[m.group(1)]
     m = _INTERVAL.fullmatch(rule)
     low, high = float(m.group(2)), float(m.group(3))
     above = value >= low if m.group(1) == "[" else value > low
@@ -77,7 +80,7 @@ def describe(rule):
 
 
 def check_settings(cfg):
-    """Check every field of a settings dataclass: its type, finiteness and rule. Raises UserError."""
+    """Check every field of a settings dataclass: type, finiteness and rule (else a UserError)."""
     for field in dataclasses.fields(cfg):
         value, expected = getattr(cfg, field.name), _type_of(field)
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
@@ -97,7 +100,7 @@ def _type_of(field):
     return names[field.type] if isinstance(field.type, str) else field.type
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Reading settings
 
 
@@ -107,8 +110,8 @@ def _closest(key, valid):
 
 
 def convert(text, expected, key):
-    """A command-line string as the setting's type; a wrong one stops with one line (exit status 2, the
-    convention for usage errors), not with argparse's usage message."""
+    """A command-line string as the setting's type; a wrong one stops with one line (exit status 2,
+    the convention for usage errors), not with argparse's usage message."""
     try:
         if expected is bool:
             lowered = text.lower()
@@ -119,13 +122,14 @@ def convert(text, expected, key):
             raise ValueError
         return expected(text)
     except ValueError:
-        kind = {bool: "true or false", int: "an integer", float: "a number"}.get(expected, "a string")
+        kind = {bool: "true or "
+                      "false", int: "an integer", float: "a number"}.get(expected, "a string")
         print(f"error: --{key} must be {kind}, not '{text}'", file=sys.stderr)
         raise SystemExit(2) from None
 
 
 def read_config_file(path):
-    """Run a config file and return the names it assigned (modules and _private names are ignored)."""
+    """Run a config file; return the names it assigned (modules and _private names left out)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {path} not found")
@@ -134,14 +138,15 @@ def read_config_file(path):
         exec(compile(path.read_text(encoding="utf-8"), str(path), "exec"), namespace)
     except Exception as e:  # a syntax error or failing expression in the user's file
         raise UserError(f"config file {path} failed: {type(e).__name__}: {e}") from None
-    return {k: v for k, v in namespace.items() if not k.startswith("_") and not hasattr(v, "__spec__")}
+    return {k: v for k, v in namespace.items()
+            if not k.startswith("_") and not hasattr(v, "__spec__")}
 
 
 def parse_config(config_class, argv=None, description=None):
     """A config_class instance from its defaults, config files and --key=value overrides, checked.
 
-    A setting listed in config_class.FOLLOWS (e.g. lr_decay_iters follows max_iters) goes back to its
-    default when the setting it follows is given on the command line and it is not: overriding
+    A setting listed in config_class.FOLLOWS (e.g. lr_decay_iters follows max_iters) goes back to
+    its default when the setting it follows is given on the command line and it is not: overriding
     --max_iters on a config file must not leave that file's schedule length behind."""
     fields = {f.name: f for f in dataclasses.fields(config_class)}
     defaults = {name: f.default for name, f in fields.items()}
@@ -150,8 +155,10 @@ def parse_config(config_class, argv=None, description=None):
     for name, field in fields.items():
         rule = field.metadata.get("rule")
         rule = f", {describe(rule)}" if rule else ""
-        parser.add_argument(f"--{name}", default=argparse.SUPPRESS, metavar=_type_of(field).__name__.upper(),
-                            help=f"{field.metadata.get('help', '')}{rule} (default: {defaults[name]!r})")
+        parser.add_argument(f"--{name}", default=argparse.SUPPRESS,
+                            metavar=_type_of(field).__name__.upper(),
+                            help=f"{field.metadata.get('help', '')}{rule} (default: "
+                                 f"{defaults[name]!r})")
     aliases = getattr(config_class, "ALIASES", {})  # an older name -> the setting's name now
     for old, new in aliases.items():
         parser.add_argument(f"--{old}", dest=new, default=argparse.SUPPRESS, metavar="...",
@@ -170,10 +177,12 @@ def parse_config(config_class, argv=None, description=None):
             if key not in fields:
                 raise UserError(f"unknown key '{key}' in {path}{_closest(key, list(fields))}")
             values[key] = value
-    cli = {k: convert(v, _type_of(fields[k]), k) for k, v in vars(args).items() if k != "config_files"}
+    cli = {k: convert(v, _type_of(fields[k]), k) for k, v in vars(args).items()
+           if k != "config_files"}
     for follower, leader in getattr(config_class, "FOLLOWS", {}).items():
         if leader in cli and follower not in cli and follower in values:
-            print(f"note: {follower} follows --{leader} (the config file's {values[follower]} is not used)")
+            print(f"note: {follower} follows --{leader} (the config file's {values[follower]} is "
+                  "not used)")
             del values[follower]
     values.update(cli)
     for key, value in values.items():

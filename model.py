@@ -1,20 +1,22 @@
 """
 GPT-2, written out in one file, top to bottom.
 
-The architecture is OpenAI's GPT-2 ("Language Models are Unsupervised Multitask Learners", 2019), which
-is the original GPT decoder with the LayerNorms moved to the input of each sub-block ("pre-norm") and one
-extra LayerNorm after the last block. Every numeric detail matches the released model, so that OpenAI's
-weights (see hf_import.py) give the same logits here as in the reference implementations, OpenAI's
-https://github.com/openai/gpt-2/blob/master/src/model.py (TensorFlow) and Hugging Face's
+The architecture is OpenAI's GPT-2 ("Language Models are Unsupervised Multitask Learners", 2019),
+which is the original GPT decoder with the LayerNorms moved to the input of each sub-block
+("pre-norm") and one extra LayerNorm after the last block. Every numeric detail matches the released
+model, so that OpenAI's weights (see hf_import.py) give the same logits here as in the reference
+implementations, OpenAI's https://github.com/openai/gpt-2/blob/master/src/model.py (TensorFlow) and
+Hugging Face's
 https://github.com/huggingface/transformers/blob/main/src/transformers/models/gpt2/modeling_gpt2.py:
 
     token embedding + learned absolute position embedding
     n_layer x [ x + attn(ln_1(x)) ; x + mlp(ln_2(x)) ]     (LayerNorm eps 1e-5)
     ln_f, then a linear head that shares its weight with the token embedding
 
-Module names are GPT-2's own (transformer.wte, transformer.h.0.attn.c_attn, ...) so that importing the
-released weights is a name-for-name copy. Two models share this body: GPT predicts the next token (a
-language model), GPTClassifier reads one vector per text and predicts a class (finetune.py).
+Module names are GPT-2's own (transformer.wte, transformer.h.0.attn.c_attn, ...) so that importing
+the released weights is a name-for-name copy. Two models share this body: GPT predicts the next
+token (a language model), GPTClassifier reads one vector per text and predicts a class
+(finetune.py).
 """
 
 import math
@@ -39,17 +41,18 @@ class GPTConfig:
 
 def causal_mask(T, S, device):
     """(T, S) booleans, True where query i may attend to key j. The T queries are the last T of S
-    positions (the first S - T keys come from a KV cache), so query i sits at position S - T + i and sees
-    keys 0..S-T+i."""
+    positions (the first S - T keys come from a KV cache), so query i sits at position S - T + i and
+    sees keys 0..S-T+i."""
     return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
 
 
 def explicit_attention(q, k, v, dropout_p=0.0):
-    """Causal attention written out: the same function as scaled_dot_product_attention, in four lines.
+    """Causal attention written out: the same function as scaled_dot_product_attention, in four
+    lines.
 
-    On CPU in bfloat16 this is what the model uses: PyTorch's fused CPU kernel is slow in bf16 (forward
-    + backward 4x slower than here at T=64, 1.5x at T=256, torch 2.13 on an AVX-512-bf16 CPU; see README),
-    while these plain matmuls run at bf16 matmul speed."""
+    On CPU in bfloat16 this is what the model uses: PyTorch's fused CPU kernel is slow in bf16
+    (forward + backward 4x slower than here at T=64, 1.5x at T=256, torch 2.13 on an AVX-512-bf16
+    CPU; see README), while these plain matmuls run at bf16 matmul speed."""
     T, S = q.size(-2), k.size(-2)
     att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
     att = att.masked_fill(~causal_mask(T, S, q.device), float("-inf"))  # no looking ahead
@@ -85,8 +88,9 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is None:
             past = 0
         else:
-            # Keys and values of earlier positions never change (they only saw earlier tokens), so they
-            # are computed once and kept; the new queries attend to all of them plus the new keys.
+            # Keys and values of earlier positions never change (they only saw earlier tokens), so
+            # they are computed once and kept; the new queries attend to all of them plus the new
+            # keys.
             past = kv_cache.length
             k, v = kv_cache.append(layer, k, v)  # (B, nh, past + T, hs)
 
@@ -94,8 +98,8 @@ class CausalSelfAttention(nn.Module):
         if q.device.type == "cpu" and q.dtype == torch.bfloat16:
             y = explicit_attention(q, k, v, dropout_p)  # see explicit_attention for why
         else:
-            # softmax(q k^T / sqrt(hs)) v, computed by PyTorch's fused kernel (flash attention on GPUs
-            # that have it), which never materialises the (T x T) attention matrix.
+            # softmax(q k^T / sqrt(hs)) v, computed by PyTorch's fused kernel (flash attention on
+            # GPUs that have it), which never materialises the (T x T) attention matrix.
             if past == 0:
                 mask, is_causal = None, T > 1  # the usual triangle: query t sees keys 0..t
             elif T == 1:
@@ -115,8 +119,8 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        # GPT-2 was trained with the tanh approximation of GELU; the exact (erf) GELU differs by up to
-        # ~1e-3 per activation, which is enough to make the released weights give other logits.
+        # GPT-2 was trained with the tanh approximation of GELU; the exact (erf) GELU differs by up
+        # to ~1e-3 per activation, which is enough to make the released weights give other logits.
         self.gelu = nn.GELU(approximate="tanh")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
@@ -126,8 +130,9 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One transformer block. Pre-norm: each sub-block sees a normalised copy of the residual stream and
-    adds its output back, so the stream itself is never normalised and gradients flow straight through."""
+    """One transformer block. Pre-norm: each sub-block sees a normalised copy of the residual stream
+    and adds its output back, so the stream itself is never normalised and gradients flow straight
+    through."""
 
     def __init__(self, config):
         super().__init__()
@@ -146,9 +151,10 @@ class KVCache:
     """Keys and values of every layer for the tokens seen so far, so that generating one more token
     costs one position of compute instead of re-running the whole context (see sample.generate).
 
-    Each step appends the new positions with torch.cat. That copies the cache (a few MB for GPT-2 at 1024
-    tokens) but keeps every tensor contiguous, which matters more: PyTorch's CPU attention kernel is ~100x
-    slower on a strided view into a preallocated buffer than on a contiguous tensor."""
+    Each step appends the new positions with torch.cat. That copies the cache (a few MB for GPT-2 at
+    1024 tokens) but keeps every tensor contiguous, which matters more: PyTorch's CPU attention
+    kernel is ~100x slower on a strided view into a preallocated buffer than on a contiguous tensor.
+    """
 
     def __init__(self, n_layer):
         self.k = [None] * n_layer  # per layer: (B, nh, length, hs)
@@ -188,15 +194,15 @@ class GPT(nn.Module):
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # Weight tying ("Using the Output Embedding to Improve Language Models", Press & Wolf, 2017): the
-        # matrix that maps a token to a vector also scores vectors against every token. GPT-2 does this;
-        # it saves vocab_size * n_embd parameters (38.6M of GPT-2's 124M).
+        # Weight tying ("Using the Output Embedding to Improve Language Models", Press & Wolf,
+        # 2017): the matrix that maps a token to a vector also scores vectors against every token.
+        # GPT-2 does this; it saves vocab_size * n_embd parameters (38.6M of GPT-2's 124M).
         self.transformer.wte.weight = self.lm_head.weight
 
         self.apply(self._init_weights)
-        # GPT-2 scales the init of the layers that write into the residual stream by 1/sqrt(2 * n_layer):
-        # each block adds two such outputs to the stream, and without the scaling the variance of the stream
-        # would grow with depth.
+        # GPT-2 scales the init of the layers that write into the residual stream by 1/sqrt(2 *
+        # n_layer): each block adds two such outputs to the stream, and without the scaling the
+        # variance of the stream would grow with depth.
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
@@ -211,15 +217,16 @@ class GPT(nn.Module):
 
     def num_params(self, non_embedding=True):
         """Parameter count. By default the position embedding is left out, as is usual when quoting
-        model sizes; the token embedding stays in because it is also the output layer (weight tying)."""
+        model sizes; the token embedding stays in because it is also the output layer (weight
+        tying)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
             n -= self.transformer.wpe.weight.numel()
         return n
 
     def crop_block_size(self, block_size):
-        """Shorten the context, e.g. to fine-tune GPT-2 (1024 positions) on 256-token windows: the first
-        block_size learned positions are kept and the rest dropped."""
+        """Shorten the context, e.g. to fine-tune GPT-2 (1024 positions) on 256-token windows: the
+        first block_size learned positions are kept and the rest dropped."""
         assert block_size <= self.config.block_size
         self.config.block_size = block_size
         kept = self.transformer.wpe.weight[:block_size].detach().clone()
@@ -242,9 +249,9 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, kv_cache=None):
         """idx: (B, T) token ids. With targets (B, T), the next token at every position, returns all
-        logits (B, T, V) and the mean cross-entropy (targets of -1 are ignored). Without, only the last
-        position's logits (B, 1, V) are computed: that is all sampling needs, and it skips a (T x V)
-        matmul."""
+        logits (B, T, V) and the mean cross-entropy (targets of -1 are ignored). Without, only the
+        last position's logits (B, 1, V) are computed: that is all sampling needs, and it skips a (T
+        x V) matmul."""
         x = self.hidden_states(idx, kv_cache)
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None
@@ -253,18 +260,19 @@ class GPT(nn.Module):
         return logits, loss
 
     def flops_per_token(self, T=None):
-        """Training FLOPs per token (forward + backward), as in the PaLM paper (Chowdhery et al. 2022),
-        appendix B: 6 per parameter (2 forward, 4 backward) for the matmuls, plus attention's own
-        6 * 2 * n_layer * T * n_embd (scores q.k and the weighted sum of v, over a context of T)."""
+        """Training FLOPs per token (forward + backward), as in the PaLM paper (Chowdhery et al.
+        2022), appendix B: 6 per parameter (2 forward, 4 backward) for the matmuls, plus attention's
+        own 6 * 2 * n_layer * T * n_embd (scores q.k and the weighted sum of v, over a context of
+        T)."""
         cfg = self.config
         T = cfg.block_size if T is None else T
         return 6 * self.num_params() + 12 * cfg.n_layer * T * cfg.n_embd
 
     def configure_optimizer(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW ("Decoupled Weight Decay Regularization", Loshchilov & Hutter, 2019) with weight decay on
-        the matmul weights only (every parameter with 2 or more dimensions, embeddings included). Biases
-        and LayerNorm gains are left alone: decaying them toward zero only fights the normalisation and has
-        no regularising effect."""
+        """AdamW ("Decoupled Weight Decay Regularization", Loshchilov & Hutter, 2019) with weight
+        decay on the matmul weights only (every parameter with 2 or more dimensions, embeddings
+        included). Biases and LayerNorm gains are left alone: decaying them toward zero only fights
+        the normalisation and has no regularising effect."""
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
@@ -272,21 +280,23 @@ class GPT(nn.Module):
             {"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        # The fused kernel updates all parameters in one launch instead of a dozen per tensor. It exists
-        # for CUDA and CPU tensors; MPS gets the default implementation.
+        # The fused kernel updates all parameters in one launch instead of a dozen per tensor. It
+        # exists for CUDA and CPU tensors; MPS gets the default implementation.
         fused = device_type in ("cuda", "cpu")
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
 
 class GPTClassifier(GPT):
-    """GPT-2's body with a classification head: one vector per text, scored against n_classes classes.
+    """GPT-2's body with a classification head: one vector per text, scored against n_classes
+    classes.
 
-    The head (`score`, n_embd -> n_classes, no bias, as in transformers' GPT2ForSequenceClassification,
-    so weights move across unchanged) reads the final hidden state of each text's last real token: with
-    causal attention it is the only position that has seen the whole text. Batches are right-padded
-    (data.pad_batch), so the padding, whatever its id, comes after every real token and cannot change
-    their states. The last token's index comes from the true lengths, never from searching for a pad id:
-    GPT-2 has no pad token, the usual stand-in is <|endoftext|> (50256), and that can occur inside a text.
+    The head (`score`, n_embd -> n_classes, no bias, as in transformers'
+    GPT2ForSequenceClassification, so weights move across unchanged) reads the final hidden state of
+    each text's last real token: with causal attention it is the only position that has seen the
+    whole text. Batches are right-padded (data.pad_batch), so the padding, whatever its id, comes
+    after every real token and cannot change their states. The last token's index comes from the
+    true lengths, never from searching for a pad id: GPT-2 has no pad token, the usual stand-in is
+    <|endoftext|> (50256), and that can occur inside a text.
 
     The language-model head stays (it is the token embedding, tied) so the body is a plain GPT-2."""
 
@@ -301,8 +311,9 @@ class GPTClassifier(GPT):
         torch.nn.init.normal_(self.score.weight, mean=0.0, std=0.02, generator=generator)
 
     def forward(self, idx, lengths, labels=None):
-        """idx: (B, T) right-padded token ids, lengths: (B,) each row's true length. Returns the class
-        logits (B, n_classes) and, given labels (B,) of class ids, their mean cross-entropy."""
+        """idx: (B, T) right-padded token ids, lengths: (B,) each row's true length. Returns the
+        class logits (B, n_classes) and, given labels (B,) of class ids, their mean cross-entropy.
+        """
         x = self.hidden_states(idx)  # (B, T, C)
         last = (lengths - 1).clamp(min=0)  # (B,): the index of each text's last real token
         pooled = x[torch.arange(idx.size(0), device=idx.device), last]  # (B, C)
@@ -312,9 +323,9 @@ class GPTClassifier(GPT):
 
     @classmethod
     def from_language_model(cls, lm, n_classes, generator=None):
-        """A classifier whose body is lm's weights and whose head is new (seeded by generator). The body is
-        built on the meta device and takes lm's tensors as they are: no memory or time is spent on a
-        random init that would be overwritten."""
+        """A classifier whose body is lm's weights and whose head is new (seeded by generator). The
+        body is built on the meta device and takes lm's tensors as they are: no memory or time is
+        spent on a random init that would be overwritten."""
         with torch.device("meta"):
             model = cls(replace(lm.config, n_classes=n_classes))
         model.load_state_dict(lm.state_dict(), strict=False, assign=True)

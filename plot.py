@@ -6,9 +6,9 @@ Draw training runs to PNG: loss, learning rate, classifier accuracy, the confusi
 
 Everything comes from each run's metrics.jsonl (train.py and finetune.py write it): loss.png (the
 training loss of every logged step, and the train and val loss of every evaluation), lr.png, and for
-classifiers accuracy.png (val accuracy and macro-F1) and confusion-<run>.png (the confusion matrix of the
-last evaluation, and of the test split when the run was tested). Needs matplotlib (pip install
-matplotlib); nothing else in the project does.
+classifiers accuracy.png (val accuracy and macro-F1) and confusion-<run>.png (the confusion matrix
+of the last evaluation, and of the test split when the run was tested). Needs matplotlib (pip
+install matplotlib); nothing else in the project does.
 """
 
 import argparse
@@ -39,16 +39,18 @@ def series(rows, key):
 
 
 def plot_lines(plt, runs, keys, ylabel, title, path, log_y=False):
-    """One figure: for every run a colour, for every key a line style. Returns whether it drew anything."""
+    """One figure: a colour per run, a line style per key. Returns whether it drew anything."""
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
     styles = {key: style for key, style in zip(keys, ("-", "--", ":", "-."))}
     drawn = False
-    for (name, rows), colour in zip(runs.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"] * 9):
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"] * 9
+    for (name, rows), colour in zip(runs.items(), colours):
         for key, (label, marker) in keys.items():
             x, y = series(rows, key)
             if x:
+                steps = marker is None  # every logged step: thin and light, under the evaluations
                 ax.plot(x, y, styles[key], color=colour, marker=marker, markersize=3,
-                        linewidth=1.0 if marker is None else 1.6, alpha=0.6 if marker is None else 1.0,
+                        linewidth=1.0 if steps else 1.6, alpha=0.6 if steps else 1.0,
                         label=f"{name}: {label}" if len(runs) > 1 else label)
                 drawn = True
     if drawn:
@@ -93,7 +95,8 @@ def plot_confusion(plt, rows, name, path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run directories (each with a metrics.jsonl)")
     p.add_argument("--out_dir", help="where the PNGs go (default: the first run's plots/)")
     args = p.parse_args(argv)
@@ -108,7 +111,8 @@ def main(argv=None):
     out = Path(args.out_dir) if args.out_dir else Path(args.runs[0]) / "plots"
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    loss_keys = {"loss": ("train loss (each logged step)", None), "train_loss": ("train loss (eval)", "o"),
+    loss_keys = {"loss": ("train loss (each logged "
+                          "step)", None), "train_loss": ("train loss (eval)", "o"),
                  "val_loss": ("val loss (eval)", "o")}
     if plot_lines(plt, runs, loss_keys, "cross-entropy", "Loss", out / "loss.png"):
         written.append("loss.png")

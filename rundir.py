@@ -8,10 +8,11 @@ The run directory (out_dir) of a training run, and the rules that keep it safe.
         tensorboard/     the same numbers as TensorBoard events, with --tensorboard=True
         .lock            who is writing here, while a run does
 
-The rules: one writer at a time (a second run on the same out_dir is refused, naming the first); a new
-run never replaces a run it did not make unless told to (--overwrite=True); a resumed run continues
-metrics.jsonl where its checkpoint was saved, so every iteration is logged once; nothing is written
-inside a checkpoint; OS errors are one line naming the path. Only rank 0 touches the directory.
+The rules: one writer at a time (a second run on the same out_dir is refused, naming the first); a
+new run never replaces a run it did not make unless told to (--overwrite=True); a resumed run
+continues metrics.jsonl where its checkpoint was saved, so every iteration is logged once; nothing
+is written inside a checkpoint; OS errors are one line naming the path. Only rank 0 touches the
+directory.
 """
 
 import json
@@ -27,7 +28,7 @@ RUN_FILES = ("last", "best", ".last.old", ".best.old", ".last.tmp", ".best.tmp",
 
 
 def is_checkpoint(path):
-    """A checkpoint directory of ours: its config.json has a "model" section (a Hugging Face one has not)."""
+    """A checkpoint directory of ours: its config.json has a "model" section (an HF one has not)."""
     try:
         return isinstance(json.loads((Path(path) / "config.json").read_text()).get("model"), dict)
     except (OSError, ValueError, AttributeError):
@@ -52,25 +53,28 @@ def enclosing_checkpoint(path):
 def check_output_dir(path, ours, force):
     """Refuse to write a command's output directory over anything the command did not create.
 
-    path must not be, contain, or lie inside a checkpoint or run directory; if it exists and is not empty,
-    ours(path) must say it holds an earlier output of the same command, and force must be set to replace
-    it. Every refusal is one line."""
+    path must not be, contain, or lie inside a checkpoint or run directory; if it exists and is not
+    empty, ours(path) must say it holds an earlier output of the same command, and force must be set
+    to replace it. Every refusal is one line."""
     path = Path(path)
     inside = enclosing_checkpoint(path)
     if inside is not None and inside != path.resolve():
-        raise UserError(f"{path} lies inside the checkpoint {inside}; choose an --out_dir outside it")
+        raise UserError(f"{path} lies inside the checkpoint {inside}; choose an --out_dir outside "
+                        "it")
     if path.exists() and not path.is_dir():
         raise UserError(f"{path} is a file, not a directory; choose another --out_dir")
     if not path.is_dir() or not any(path.iterdir()):
         return
     if holds_run(path) or any(holds_run(p) for p in path.iterdir() if p.is_dir()):
-        raise UserError(f"{path} holds a training run; choose another --out_dir (nothing was changed)")
+        raise UserError(f"{path} holds a training run; choose another --out_dir (nothing was "
+                        "changed)")
     if not ours(path):
         shown = ", ".join(sorted(p.name for p in path.iterdir())[:5])
-        raise UserError(f"{path} already exists and holds files this command did not write ({shown}); "
-                        "choose another --out_dir")
+        raise UserError(f"{path} already exists and holds files this command did not write "
+                        f"({shown}); choose another --out_dir")
     if not force:
-        raise UserError(f"{path} already exists; choose another --out_dir, or pass --force to replace it")
+        raise UserError(f"{path} already exists; choose another --out_dir, or pass --force to "
+                        "replace it")
 
 
 class RunDirectory:
@@ -88,7 +92,8 @@ class RunDirectory:
             return self
         inside = enclosing_checkpoint(self.path)
         if inside is not None:
-            raise UserError(f"out_dir {self.path} is inside the checkpoint {inside}; choose another one")
+            raise UserError(f"out_dir {self.path} is inside the checkpoint {inside}; choose "
+                            "another one")
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"out_dir {self.path} is a file, not a directory; choose another one")
         try:
@@ -100,8 +105,9 @@ class RunDirectory:
             raise UserError(f"cannot write to out_dir {self.path}: {e.strerror}") from None
         if not self.resume and holds_run(self.path):
             if not self.overwrite:
-                raise UserError(f"{self.path} already holds a run; continue it with --init_from=resume, "
-                                "choose another --out_dir, or start over with --overwrite=True")
+                raise UserError(f"{self.path} already holds a run; continue it with "
+                                "--init_from=resume, choose another --out_dir, or start over with "
+                                "--overwrite=True")
             from checkpoint import remove  # only the files a run writes, nothing else in out_dir
 
             for name in RUN_FILES:
@@ -111,8 +117,9 @@ class RunDirectory:
         return self
 
     def _take_lock(self):
-        """An exclusive lock on the directory itself, which the OS releases when the process ends, however
-        it ends (kill -9 included): no stale lock to clean up. .lock says who holds it, for the message."""
+        """An exclusive lock on the directory itself, which the OS releases when the process ends,
+        however it ends (kill -9 included): no stale lock to clean up. .lock says who holds it, for
+        the message."""
         try:
             import fcntl  # POSIX; on Windows runs are not locked
         except ImportError:
@@ -127,20 +134,21 @@ class RunDirectory:
                 holder = (self.path / ".lock").read_text().strip()
             except OSError:
                 holder = "another process"
-            raise UserError(f"{self.path} is in use by another run ({holder}); wait for it to finish or "
-                            "choose another --out_dir") from None
+            raise UserError(f"{self.path} is in use by another run ({holder}); wait for it to "
+                            "finish or choose another --out_dir") from None
 
     def _open_tensorboard(self, purge_step=None):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise UserError("--tensorboard=True needs the tensorboard package (pip install tensorboard)") from None
+            raise UserError("--tensorboard=True needs the tensorboard package (pip install "
+                            "tensorboard)") from None
         self._writer = SummaryWriter(str(self.path / "tensorboard"), purge_step=purge_step)
 
     def continue_log(self, log_bytes, iter_num):
-        """On resume: drop what metrics.jsonl (and TensorBoard) got after the checkpoint was saved, so
-        every iteration is logged once. log_bytes is the file's size at that save (None for checkpoints
-        written before it was recorded: then rows after iter_num are dropped)."""
+        """On resume: drop what metrics.jsonl (and TensorBoard) got after the checkpoint was saved,
+        so every iteration is logged once. log_bytes is the file's size at that save (None for
+        checkpoints written before it was recorded: then rows after iter_num are dropped)."""
         if not self.is_main:
             return
         path = self.path / "metrics.jsonl"
@@ -171,7 +179,8 @@ class RunDirectory:
             raise UserError(f"cannot write {self.path / 'metrics.jsonl'}: {e.strerror}") from None
         if self._writer is not None:
             for key, value in row.items():
-                if key != "iter" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                number = isinstance(value, (int, float)) and not isinstance(value, bool)
+                if key != "iter" and number:
                     self._writer.add_scalar(key, value, row["iter"])
             self._writer.flush()
 

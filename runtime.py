@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from config import UserError
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Device and precision
 
 
@@ -40,9 +40,11 @@ def resolve_device(requested):
         return "cpu"
     kind = requested.split(":")[0]
     if kind == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' asked for, but PyTorch sees no CUDA GPU (use --device=cpu or auto)")
+        raise UserError("device 'cuda' asked for, but PyTorch sees no CUDA GPU (use --device=cpu "
+                        "or auto)")
     if kind == "mps" and not torch.backends.mps.is_available():
-        raise UserError("device 'mps' asked for, but it is not available (use --device=cpu or auto)")
+        raise UserError("device 'mps' asked for, but it is not available (use --device=cpu or "
+                        "auto)")
     if kind not in ("cpu", "cuda", "mps"):
         raise UserError(f"unknown device '{requested}' (use auto, cpu, cuda, cuda:N or mps)")
     return requested
@@ -51,15 +53,16 @@ def resolve_device(requested):
 def resolve_dtype(requested, device_type, bf16_native):
     """The autocast precision for a device, and whether it needs a GradScaler.
 
-    bfloat16 has float32's exponent range, so gradients do not underflow and no loss scaling is needed.
-    float16 has a 5-bit exponent: small gradients flush to zero unless the loss is scaled up before
-    backward and the gradients scaled back down before the step (GradScaler), which is what CUDA GPUs
-    without bf16 (before Ampere) and Apple GPUs without it must do.
+    bfloat16 has float32's exponent range, so gradients do not underflow and no loss scaling is
+    needed. float16 has a 5-bit exponent: small gradients flush to zero unless the loss is scaled up
+    before backward and the gradients scaled back down before the step (GradScaler), which is what
+    CUDA GPUs without bf16 (before Ampere) and Apple GPUs without it must do.
 
-    On a CPU, 'auto' means bfloat16 only where the CPU multiplies bf16 natively (AVX-512 BF16 or AMX):
-    there it trains faster than float32 at the same loss (README, "bf16 on CPU"); elsewhere bf16 is
-    emulated and slower, so float32. float16 on a CPU is slow, but allowed when asked for: it runs the
-    same code path as a GPU without bf16 (the tests use it to check the GradScaler loop)."""
+    On a CPU, 'auto' means bfloat16 only where the CPU multiplies bf16 natively (AVX-512 BF16 or
+    AMX): there it trains faster than float32 at the same loss (README, "bf16 on CPU"); elsewhere
+    bf16 is emulated and slower, so float32. float16 on a CPU is slow, but allowed when asked for:
+    it runs the same code path as a GPU without bf16 (the tests use it to check the GradScaler
+    loop)."""
     if requested == "auto":
         if device_type in ("cuda", "mps"):
             requested = "bfloat16" if bf16_native else "float16"
@@ -68,7 +71,8 @@ def resolve_dtype(requested, device_type, bf16_native):
     if requested not in ("float32", "bfloat16", "float16"):
         raise UserError(f"unknown dtype '{requested}' (use auto, float32, bfloat16 or float16)")
     if requested == "bfloat16" and not bf16_native and device_type != "cpu":  # CPUs can emulate it
-        raise UserError(f"bfloat16 is not supported on this {device_type} device (use float16 or float32)")
+        raise UserError(f"bfloat16 is not supported on this {device_type} device (use float16 or "
+                        "float32)")
     return requested, requested == "float16"
 
 
@@ -115,20 +119,20 @@ class Runtime:
         return torch.amp.GradScaler(self.device_type) if self.use_scaler else None
 
     def to_device(self, *tensors):
-        """Tensors moved to the device; on CUDA from pinned memory, so the copy overlaps with compute."""
+        """Tensors moved to the device (on CUDA from pinned memory: the copy overlaps compute)."""
         if self.device_type == "cuda":
             return tuple(t.pin_memory().to(self.device, non_blocking=True) for t in tensors)
         return tuple(t.to(self.device) for t in tensors)
 
 
 def world_size_from_env():
-    """The number of processes torchrun started (1 without torchrun): known before any set-up, so that
-    settings that cannot work with it are refused before anything is downloaded."""
+    """The number of processes torchrun started (1 without torchrun): known before any set-up, so
+    that settings that cannot work with it are refused before anything is downloaded."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def setup_runtime(device="auto", dtype="auto"):
-    """Resolve device and precision; join the process group when launched by torchrun (RANK is set)."""
+    """Resolve device and precision; join the process group under torchrun (RANK is set)."""
     rank, local_rank, world_size = 0, 0, 1
     device = resolve_device(device)
     if "RANK" in os.environ:
@@ -155,8 +159,8 @@ def print0(rt, *args, **kwargs):
 
 @contextlib.contextmanager
 def session(cfg):
-    """What every run does around its work: resolve device and precision (joining the DDP process group
-    under torchrun), print the settings, and leave the process group however the run ends."""
+    """What every run does around its work: resolve device and precision (joining the DDP process
+    group under torchrun), print the settings, and leave the process group however the run ends."""
     rt = setup_runtime(cfg.device, cfg.dtype)
     try:
         print0(rt, json.dumps(asdict(cfg), indent=1))
@@ -165,8 +169,8 @@ def session(cfg):
         yield rt
     finally:
         if rt.world_size > 1:
-            # The DDP wrapper is freed by the garbage collector (it holds reference cycles); left to the
-            # interpreter's exit, the communication work it holds aborts the process (SIGABRT,
+            # The DDP wrapper is freed by the garbage collector (it holds reference cycles); left to
+            # the interpreter's exit, the communication work it holds aborts the process (SIGABRT,
             # "terminate called without an active exception", torch 2.13 with gloo). Free it now.
             gc.collect()
             dist.destroy_process_group()
@@ -193,8 +197,8 @@ def main_process_first(rt, fn):
 
 
 def any_rank(rt, flag):
-    """True on every rank if flag is True on any: a decision all processes must take together (stop at
-    this step, give up). A collective: every rank must call it."""
+    """True on every rank if flag is True on any: a decision all processes must take together (stop
+    at this step, give up). A collective: every rank must call it."""
     if rt.world_size == 1:
         return flag
     t = torch.tensor([int(flag)], device=rt.device if rt.device_type == "cuda" else "cpu")
@@ -212,8 +216,8 @@ def mean_over_ranks(rt, value):
 
 
 def peak_flops(rt):
-    """The device's dense peak FLOP/s at the run's precision, for MFU, if we know it: bf16/fp16 tensor
-    cores, then TF32. None on CPU, MPS and unknown GPUs (bench.py measures a CPU's)."""
+    """The device's dense peak FLOP/s at the run's precision, for MFU, if we know it: bf16/fp16
+    tensor cores, then TF32. None on CPU, MPS and unknown GPUs (bench.py measures a CPU's)."""
     if rt.device_type != "cuda":
         return None
     table = {"H100": (989e12, 495e12), "H200": (989e12, 495e12), "A100": (312e12, 156e12),
@@ -227,7 +231,8 @@ def peak_flops(rt):
 
 
 def peak_memory(rt):
-    """(bytes, what was measured): the GPU's peak allocation, or the process's peak resident memory."""
+    """(bytes, what was measured): the GPU's peak allocation, or the process's peak resident
+    memory."""
     if rt.device_type == "cuda":
         return torch.cuda.max_memory_allocated(rt.device), "peak GPU memory allocated"
     try:
@@ -255,13 +260,13 @@ def maybe_compile(model, enabled, rt, trial):
         return model
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Random state, for exact resume
 
 
 def rng_state(rt):
-    """Every rank's RNG state (a list, rank by rank): under DDP each rank draws its own dropout masks. A
-    collective operation: all ranks must call it."""
+    """Every rank's RNG state (a list, rank by rank): under DDP each rank draws its own dropout
+    masks. A collective operation: all ranks must call it."""
     state = {"torch": torch.get_rng_state()}
     if rt.device_type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(rt.device)
@@ -274,8 +279,8 @@ def rng_state(rt):
 
 def set_rng_state(rt, states):
     if len(states) != rt.world_size:
-        print0(rt, f"warning: the checkpoint has the RNG state of {len(states)} processes, this run has "
-                   f"{rt.world_size}: dropout masks will differ from an uninterrupted run")
+        print0(rt, f"warning: the checkpoint has the RNG state of {len(states)} processes, this "
+                   f"run has {rt.world_size}: dropout masks will differ from an uninterrupted run")
         return
     state = states[rt.rank]
     torch.set_rng_state(state["torch"])
@@ -283,14 +288,14 @@ def set_rng_state(rt, states):
         torch.cuda.set_rng_state(state["cuda"], rt.device)
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Stop signals
 
 
 class StopRequest:
-    """Ctrl-C (SIGINT) or SIGTERM, the signal that Slurm, Kubernetes, systemd and `timeout` send before
-    they kill a job, sets a flag; the loop finishes its step, saves last/ and exits. A second signal
-    interrupts at once."""
+    """Ctrl-C (SIGINT) or SIGTERM, the signal that Slurm, Kubernetes, systemd and `timeout` send
+    before they kill a job, sets a flag; the loop finishes its step, saves last/ and exits. A second
+    signal interrupts at once."""
 
     SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 

@@ -2,15 +2,15 @@
 Generate text from a checkpoint, compare two checkpoints, or classify texts with a classifier.
 
     python sample.py --out_dir out/shakespeare --start "ROMEO:" --num_samples 3 --max_new_tokens 500
-    python sample.py --out_dir checkpoints/gpt2 --start ""        (unconditional: from <|endoftext|>)
+    python sample.py --out_dir checkpoints/gpt2 --start ""     (unconditional: from <|endoftext|>)
     python sample.py --compare checkpoints/gpt2 out/book --start "The old house" --temperature 0
-    python sample.py --out_dir out/cls-tweets --text "This is a great product!" --file more_texts.txt
+    python sample.py --out_dir out/cls-tweets --text "This is a great product!" --file texts.txt
 
 --out_dir takes a run directory (its best/ checkpoint is used) or a checkpoint directory.
 
 Generation, step by step (generate, below): run the prompt through the model once, keeping every
-layer's keys and values (model.KVCache); then, token after token, turn the last position's logits into
-a choice (sample_next_token: greedy, temperature, top-k, top-p), and run only that new token.
+layer's keys and values (model.KVCache); then, token after token, turn the last position's logits
+into a choice (sample_next_token: greedy, temperature, top-k, top-p), and run only that new token.
 """
 
 import argparse
@@ -26,23 +26,24 @@ from evaluation import classify_texts
 from model import KVCache
 from runtime import setup_runtime
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Generation
 
 
 @torch.no_grad()
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_token=None,
              generator=None, use_cache=True):
-    """Continue each row of idx (B, T) by up to max_new_tokens tokens; return the whole (B, T + new).
+    """Continue each row of idx (B, T) by up to max_new_tokens tokens; return the whole (B, T +
+    new).
 
     temperature 0 is greedy decoding. With stop_token, a row that produced it is padded with it from
     then on, and generation ends when every row has.
 
     With the KV cache the prompt is run once ("prefill") and each further step runs only the newest
-    token. Positions are learned and absolute, so the cache cannot simply slide once the text is longer
-    than block_size: a key computed at position 700 means something different at position 699. Past that
-    point the model is re-run on the last block_size tokens at every step, exactly as without a cache,
-    so the output is the same either way."""
+    token. Positions are learned and absolute, so the cache cannot simply slide once the text is
+    longer than block_size: a key computed at position 700 means something different at position
+    699. Past that point the model is re-run on the last block_size tokens at every step, exactly as
+    without a cache, so the output is the same either way."""
     check_sampling(temperature, top_k, top_p)
     block_size = model.config.block_size
     cache = KVCache(model.config.n_layer) if use_cache else None
@@ -55,7 +56,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
             if cache is not None:
                 cache.reset()  # past block_size: recompute the window from scratch (see above)
             logits, _ = model(idx[:, -block_size:], kv_cache=cache)
-        next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
+        next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
         if stop_token is not None:
             stopped = torch.full_like(next_token, stop_token)
             next_token = torch.where(finished[:, None], stopped, next_token)
@@ -70,10 +71,10 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
 def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     """Pick the next token from logits (B, V). Returns (B, 1).
 
-    temperature 0: the most likely token (greedy). Otherwise the logits are divided by the temperature
-    (< 1 sharpens the distribution, > 1 flattens it), then optionally restricted to the top_k most likely
-    tokens and to the smallest set whose probability reaches top_p ("The Curious Case of Neural Text
-    Degeneration", Holtzman et al. 2020: nucleus sampling)."""
+    temperature 0: the most likely token (greedy). Otherwise the logits are divided by the
+    temperature (< 1 sharpens the distribution, > 1 flattens it), then optionally restricted to the
+    top_k most likely tokens and to the smallest set whose probability reaches top_p ("The Curious
+    Case of Neural Text Degeneration", Holtzman et al. 2020: nucleus sampling)."""
     if temperature == 0:
         return torch.argmax(logits, dim=-1, keepdim=True)
     logits = logits.float() / temperature
@@ -94,8 +95,10 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator
 
 
 def check_sampling(temperature, top_k, top_p):
-    """The sampling settings must mean something: a finite temperature >= 0, top_k >= 0, top_p in [0, 1]."""
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+    """The sampling settings must mean something: a finite temperature >= 0, top_k >= 0, top_p in
+    [0, 1]."""
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
+            and temperature >= 0):
         raise ValueError(f"temperature must be a finite number >= 0, not {temperature}")
     if top_k is not None and top_k < 0:
         raise ValueError(f"top_k must be >= 0, not {top_k}")
@@ -103,14 +106,15 @@ def check_sampling(temperature, top_k, top_p):
         raise ValueError(f"top_p must be in [0, 1], not {top_p}")
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The command line
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
-    p.add_argument("--out_dir", default="out/shakespeare", help="run directory (uses best/) or checkpoint")
+    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out_dir", default="out/shakespeare", help="run directory (uses best/) or "
+                                                                "checkpoint")
     p.add_argument("--compare", nargs=2, metavar=("BASE", "TUNED"),
                    help="two checkpoints to continue the same prompt side by side")
     p.add_argument("--start", default="\n", help="the prompt, or FILE:path to read it from a file; "
@@ -119,22 +123,24 @@ def parse_args(argv=None):
     p.add_argument("--max_new_tokens", type=int, default=200, help="tokens to generate per sample")
     p.add_argument("--temperature", type=float, default=0.8,
                    help="0 is greedy; < 1 is more conservative, > 1 more random")
-    p.add_argument("--top_k", type=int, default=200, help="sample only from the k most likely (0: all)")
+    p.add_argument("--top_k", type=int, default=200, help="sample only from the k most likely (0: "
+                                                          "all)")
     p.add_argument("--top_p", type=float, default=1.0,
                    help="sample only from the smallest set of tokens with this much probability")
     p.add_argument("--seed", type=int, default=1337, help="random seed (same seed, same samples)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
-    p.add_argument("--no_kv_cache", action="store_true", help="recompute the whole context every step")
+    p.add_argument("--no_kv_cache", action="store_true", help="recompute the whole context every "
+                                                              "step")
     p.add_argument("--text", action="append", default=[],
                    help="classifier checkpoints: a text to classify (repeatable)")
-    p.add_argument("--file", help="classifier checkpoints: a file with one text per line (for tables, "
-                                  "see evaluate.py --predict)")
+    p.add_argument("--file", help="classifier checkpoints: a file with one text per line (for "
+                                  "tables, see evaluate.py --predict)")
     args = p.parse_args(argv)
     if not (math.isfinite(args.temperature) and args.temperature >= 0) or args.top_k < 0 \
             or not 0 < args.top_p <= 1 or args.num_samples < 1 or args.max_new_tokens < 0:
-        raise UserError("need a finite temperature >= 0, top_k >= 0, 0 < top_p <= 1, num_samples >= 1 "
-                        "and max_new_tokens >= 0")
+        raise UserError("need a finite temperature >= 0, top_k >= 0, 0 < top_p <= 1, num_samples "
+                        ">= 1 and max_new_tokens >= 0")
     if not 0 <= args.seed < 2**63:
         raise UserError(f"seed must be in [0, 2**63), not {args.seed}")
     return args
@@ -165,8 +171,8 @@ def prompt_ids(tokenizer, prompt):
     if ids:
         return ids
     if tokenizer.eot_token is None:
-        raise UserError("this character-level model has no start-of-text token: give --start at least "
-                        "one character")
+        raise UserError("this character-level model has no start-of-text token: give --start at "
+                        "least one character")
     return [tokenizer.eot_token]
 
 
@@ -175,14 +181,14 @@ def generate_text(model, tokenizer, prompt, args, rt):
     ids = prompt_ids(tokenizer, prompt)
     x = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=rt.device)
     generator = torch.Generator(device=rt.device).manual_seed(args.seed)
-    out = generate(model, x, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
-                   top_p=args.top_p, stop_token=tokenizer.eot_token, generator=generator,
-                   use_cache=not args.no_kv_cache)
+    out = generate(model, x, args.max_new_tokens, temperature=args.temperature,
+                   top_k=args.top_k or None, top_p=args.top_p, stop_token=tokenizer.eot_token,
+                   generator=generator, use_cache=not args.no_kv_cache)
     texts = []
     for row in out.tolist():
         new = row[len(ids) :]
         if tokenizer.eot_token is not None and tokenizer.eot_token in new:
-            new = new[: new.index(tokenizer.eot_token)]  # drop the stop token and the padding after it
+            new = new[: new.index(tokenizer.eot_token)]  # drop the stop token and what follows
         texts.append(prompt + tokenizer.decode(new))
     return texts
 
@@ -190,9 +196,9 @@ def generate_text(model, tokenizer, prompt, args, rt):
 def for_inference(model, rt):
     """The model in eval mode, its weights converted once to the run's precision.
 
-    Generating a token reads every weight from memory once, so that is what its speed depends on: bf16
-    weights halve it (README, "Sampling speed"). Autocast would instead convert the float32 weights again
-    at every step."""
+    Generating a token reads every weight from memory once, so that is what its speed depends on:
+    bf16 weights halve it (README, "Sampling speed"). Autocast would instead convert the float32
+    weights again at every step."""
     model.eval()
     if rt.dtype != "float32":
         model.to(getattr(torch, rt.dtype))
@@ -230,14 +236,16 @@ def main(argv=None):
         if not texts:
             raise UserError(f"{args.out_dir} is a classifier: give texts with --text or --file")
         truncation = (info.run or {}).get("truncation", "head")
-        results = classify_texts(model, tokenizer, texts, info.labels, rt.device, truncation=truncation)
+        results = classify_texts(model, tokenizer, texts, info.labels, rt.device,
+                                 truncation=truncation)
         for text, (label, probs) in zip(texts, results):
             shown = "  ".join(f"{name} {p:.3f}" for name, p in zip(info.labels, probs))
             one_line = text.replace("\n", "\\n")  # one result per line, whatever the text holds
             print(f"{label:>12}  [{shown}]  {one_line}")
         return
     if args.text or args.file:
-        raise UserError(f"{args.out_dir} is a language model; --text/--file need a classifier checkpoint")
+        raise UserError(f"{args.out_dir} is a language model; --text/--file need a classifier "
+                        "checkpoint")
     for text in generate_text(model, tokenizer, read_prompt(args.start), args, rt):
         print(text)
         print("---------------")

@@ -1,14 +1,15 @@
 """
-Labelled tables for classification: reading them, checking them, splitting them, caching their tokens.
+Labelled tables for classification: reading them, checking them, splitting them, caching their
+tokens.
 
-    load_classification_data(dataset, tokenizer, ...)   train / val / test examples and the label names
-    read_table(path)                                    rows of a .csv, .tsv or .jsonl (optionally .gz)
+    load_classification_data(dataset, tokenizer, ...)   train / val / test examples, label names
+    read_table(path)                                    rows of a .csv, .tsv or .jsonl (or .gz)
 
 A labelled dataset is a table with a text column and a label column. Each file is read, checked and
-tokenized once; the result is cached in data_dir/cls/, keyed by the file's sha256 and the options, so later
-runs start at once. Splits that the dataset does not provide are carved out of the training file,
-stratified by label. Texts shared between splits (leakage) are reported by leakage.py. Every problem
-with a file is one line that names the file and the lines.
+tokenized once; the result is cached in data_dir/cls/, keyed by the file's sha256 and the options,
+so later runs start at once. Splits that the dataset does not provide are carved out of the training
+file, stratified by label. Texts shared between splits (leakage) are reported by leakage.py. Every
+problem with a file is one line that names the file and the lines.
 """
 
 import csv
@@ -33,25 +34,32 @@ from leakage import find_leakage, format_report
 _TWEETS = "https://huggingface.co/datasets/mteb/tweet_sentiment_extraction/resolve/d604517c81ca91fe16a244d1248fc021f9ecee7a"
 _FAKE_NEWS = "https://raw.githubusercontent.com/diptamath/covid_fake_news/030deba36d118c124709fd72d7d5f14c7bc69053/data"
 CLS_DATASETS = {
-    # Kaggle's Tweet Sentiment Extraction (27,481 / 3,534 tweets), as published by MTEB, pinned to a revision
-    # of the Hugging Face repository (a file at a fixed revision cannot change, so no sha256 is needed).
+    # Kaggle's Tweet Sentiment Extraction (27,481 / 3,534 tweets), as published by MTEB, pinned to a
+    # revision of the Hugging Face repository (a file at a fixed revision cannot change, so no
+    # sha256 is needed).
     "tweet_sentiment": {
-        "files": {"train": (f"{_TWEETS}/train.jsonl", None, None), "test": (f"{_TWEETS}/test.jsonl", None, None)},
+        "files": {"train": (f"{_TWEETS}/train.jsonl", None, None),
+                  "test": (f"{_TWEETS}/test.jsonl", None, None)},
         "text_column": "text",
         "label_column": "label_text",  # names (negative, neutral, positive); 'label' has their ids
     },
-    # CONSTRAINT-2021 COVID-19 fake news (Patwa et al.): 6,420 / 2,140 / 2,140 posts labelled real or fake.
+    # CONSTRAINT-2021 COVID-19 fake news (Patwa et al.): 6,420 / 2,140 / 2,140 posts labelled real
+    # or fake.
     "fake_news": {
         "files": {
-            "train": (f"{_FAKE_NEWS}/Constraint_Train.csv", "441f3985bb76eb69d1e488cf292f80add96c4dddfa43ba7c060889607837ddce", 1253562),
-            "val": (f"{_FAKE_NEWS}/Constraint_Val.csv", "c610931d0641fe1d9b9495c453f99ae7aa45bf294c7db6333ec84ecebb0b6c3c", 412789),
-            "test": (f"{_FAKE_NEWS}/english_test_with_labels.csv", "7152fc681884a22013218c5dd9a73c6fd99d4b084705723e1e49d18c97ca8281", 424950),
+            "train": (f"{_FAKE_NEWS}/Constraint_Train.csv",
+                      "441f3985bb76eb69d1e488cf292f80add96c4dddfa43ba7c060889607837ddce", 1253562),
+            "val": (f"{_FAKE_NEWS}/Constraint_Val.csv",
+                    "c610931d0641fe1d9b9495c453f99ae7aa45bf294c7db6333ec84ecebb0b6c3c", 412789),
+            "test": (f"{_FAKE_NEWS}/english_test_with_labels.csv",
+                     "7152fc681884a22013218c5dd9a73c6fd99d4b084705723e1e49d18c97ca8281", 424950),
         },
         "text_column": "tweet",
         "label_column": "label",
     },
-    # The Large Movie Review Dataset (Maas et al. 2011): 25,000 / 25,000 reviews, positive or negative. One
-    # archive of 100,000 small files, turned into two CSV files once (see imdb_archive_to_csv).
+    # The Large Movie Review Dataset (Maas et al. 2011): 25,000 / 25,000 reviews, positive or
+    # negative. One archive of 100,000 small files, turned into two CSV files once (see
+    # imdb_archive_to_csv).
     "imdb": {
         "archive": ("https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
                     "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe", 84125825),
@@ -61,8 +69,8 @@ CLS_DATASETS = {
     },
 }
 
-# Column names tried, in order, when --text_column / --label_column are not given. label_text comes before
-# label because datasets that have both keep the names there and the ids in label.
+# Column names tried, in order, when --text_column / --label_column are not given. label_text comes
+# before label because datasets that have both keep the names there and the ids in label.
 TEXT_COLUMNS = ("text", "sentence", "review", "tweet", "content", "body", "document", "comment")
 LABEL_COLUMNS = ("label_text", "label", "labels", "sentiment", "class", "category", "target")
 
@@ -70,21 +78,25 @@ LABEL_COLUMNS = ("label_text", "label", "labels", "sentiment", "class", "categor
 def imdb_archive_to_csv(archive, out_dir):
     """Turn aclImdb_v1.tar.gz into train.csv.gz and test.csv.gz (id, review, sentiment, rating).
 
-    The archive is read as a stream, member by member, so its 100,000 files are never unpacked to disk.
-    Reviews are aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt; the unlabelled train/unsup ones are skipped."""
+    The archive is read as a stream, member by member, so its 100,000 files are never unpacked to
+    disk. Reviews are aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt; the unlabelled train/unsup
+    ones are skipped."""
     rows = {"train": [], "test": []}
     try:
         with tarfile.open(archive, "r:gz") as tar:
             for member in tar:
                 parts = member.name.split("/")
-                if not member.isfile() or len(parts) != 4 or parts[1] not in rows or parts[2] not in ("pos", "neg"):
+                labelled = len(parts) == 4 and parts[1] in rows and parts[2] in ("pos", "neg")
+                if not member.isfile() or not labelled:
                     continue
                 stem = parts[3].removesuffix(".txt")
                 review = tar.extractfile(member).read().decode("utf-8")
                 sentiment = "positive" if parts[2] == "pos" else "negative"
-                rows[parts[1]].append((f"{parts[1]}/{parts[2]}/{stem}", review, sentiment, stem.split("_")[-1]))
+                row_id, rating = f"{parts[1]}/{parts[2]}/{stem}", stem.split("_")[-1]
+                rows[parts[1]].append((row_id, review, sentiment, rating))
     except (tarfile.TarError, OSError, EOFError, UnicodeDecodeError) as e:
-        raise UserError(f"{archive} is not a readable IMDB archive ({type(e).__name__}: {e}); delete it and run again") from None
+        raise UserError(f"{archive} is not a readable IMDB archive ({type(e).__name__}: {e}); "
+                        "delete it and run again") from None
     for split, split_rows in rows.items():
         tmp = Path(out_dir) / f".{split}.csv.gz.tmp{os.getpid()}"
         with gzip.open(tmp, "wt", encoding="utf-8", newline="") as f:
@@ -95,22 +107,25 @@ def imdb_archive_to_csv(archive, out_dir):
 
 
 def resolve_cls_dataset(dataset, data_dir):
-    """({split: path}, text column, label column) of a named dataset (downloaded once into data_dir/<name>) or
-    of a file path (only a train split; no column known)."""
+    """({split: path}, text column, label column) of a named dataset (downloaded once into
+    data_dir/<name>) or of a file path (only a train split; no column known)."""
     if dataset not in CLS_DATASETS:
         if not Path(dataset).is_file():
             names = ", ".join(CLS_DATASETS)
-            raise UserError(f"dataset '{dataset}' is neither a named dataset ({names}) nor an existing file")
+            raise UserError(f"dataset '{dataset}' is neither a named dataset ({names}) nor an "
+                            "existing file")
         return {"train": Path(dataset)}, "", ""
     spec = CLS_DATASETS[dataset]
     directory = Path(data_dir) / dataset
-    how = "local files instead: --dataset=TRAIN_FILE --test_dataset=TEST_FILE (.csv, .tsv or .jsonl, optionally .gz)"
+    how = ("local files instead: --dataset=TRAIN_FILE --test_dataset=TEST_FILE (.csv, .tsv or "
+           ".jsonl, optionally .gz)")
     if "archive" in spec:
         url, sha256, size = spec["archive"]
         paths = {split: directory / name for split, name in spec["files"].items()}
         if not all(p.exists() for p in paths.values()):
             archive = download(url, directory / url.rsplit("/", 1)[-1], sha256, size, what=how)
-            print(f"converting {archive} to {', '.join(p.name for p in paths.values())}", file=sys.stderr)
+            print(f"converting {archive} to "
+                  f"{', '.join(p.name for p in paths.values())}", file=sys.stderr)
             imdb_archive_to_csv(archive, directory)
     else:
         paths = {}
@@ -120,9 +135,11 @@ def resolve_cls_dataset(dataset, data_dir):
 
 
 def read_table(path):
-    """(columns, rows) of a .csv, .tsv or .jsonl file, optionally gzip-compressed; rows are (line, {column: value}).
+    """(columns, rows) of a .csv, .tsv or .jsonl file, optionally gzip-compressed; rows are (line,
+    {column: value}).
 
-    Any problem with the file itself (not UTF-8, malformed rows, not gzip) is a UserError that names the lines."""
+    Any problem with the file itself (not UTF-8, malformed rows, not gzip) is a UserError that names
+    the lines."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} not found")
@@ -137,10 +154,11 @@ def read_table(path):
         except (OSError, EOFError) as e:
             raise UserError(f"{path} is not a valid gzip file ({e})") from None
     try:
-        text = raw.decode("utf-8-sig")  # -sig: a byte-order mark (spreadsheet exports) is not part of the header
+        text = raw.decode("utf-8-sig")  # -sig: a byte-order mark (spreadsheets) is not a header
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise UserError(f"{path} is not UTF-8 text (line {line}, byte {e.start}); convert it to UTF-8 first") from None
+        raise UserError(f"{path} is not UTF-8 text (line {line}, byte {e.start}); convert it to "
+                        "UTF-8 first") from None
     if kind == "jsonl":
         return _read_jsonl(path, text)
     return _read_delimited(path, text, kind)
@@ -153,11 +171,12 @@ def _lines(numbers):
 
 
 def _read_delimited(path, text, kind):
-    # The csv module refuses fields over 128 KiB by default, a guard against runaway quoting; a long review
-    # or article is a valid field, and a runaway quote is reported as malformed rows below anyway.
+    # The csv module refuses fields over 128 KiB by default, a guard against runaway quoting; a long
+    # review or article is a valid field, and a runaway quote is reported as malformed rows below
+    # anyway.
     csv.field_size_limit(2**31 - 1)
-    # CSV fields may be quoted (and then hold commas, quotes and newlines). TSV, by its definition, has no
-    # quoting: a field holds no tab or newline, and a quote is just a character.
+    # CSV fields may be quoted (and then hold commas, quotes and newlines). TSV, by its definition,
+    # has no quoting: a field holds no tab or newline, and a quote is just a character.
     if kind == "csv":
         reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     else:
@@ -167,7 +186,7 @@ def _read_delimited(path, text, kind):
         if header is None:
             raise UserError(f"{path} is empty")
         rows, malformed = [], []
-        start = reader.line_num + 1  # the line where the next record starts (a quoted field may span lines)
+        start = reader.line_num + 1  # where the next record starts (a quoted field spans lines)
         for fields in reader:
             if fields:  # a blank line is not a record
                 if len(fields) == len(header):
@@ -176,10 +195,11 @@ def _read_delimited(path, text, kind):
                     malformed.append(start)
             start = reader.line_num + 1
     except csv.Error as e:
-        raise UserError(f"{path}: malformed {kind.upper()} at line {reader.line_num} ({e})") from None
+        raise UserError(f"{path}: malformed {kind.upper()} at line {reader.line_num} "
+                        f"({e})") from None
     if malformed:
-        raise UserError(f"{path}: {_lines(malformed)} malformed ({len(malformed)} in all): each row needs the "
-                        f"{len(header)} fields of the header ({', '.join(header)})")
+        raise UserError(f"{path}: {_lines(malformed)} malformed ({len(malformed)} in all): each "
+                        f"row needs the {len(header)} fields of the header ({', '.join(header)})")
     return header, rows
 
 
@@ -198,7 +218,8 @@ def _read_jsonl(path, text):
         columns.update(dict.fromkeys(obj))
         rows.append((number, obj))
     if malformed:
-        raise UserError(f"{path}: {_lines(malformed)} malformed ({len(malformed)} in all): each line must be one JSON object")
+        raise UserError(f"{path}: {_lines(malformed)} malformed ({len(malformed)} in all): each "
+                        "line must be one JSON object")
     if not rows:
         raise UserError(f"{path} is empty")
     return list(columns), rows
@@ -235,7 +256,7 @@ def _guess(columns, candidates, question, required=True):
 
 @dataclass
 class LabelledTexts:
-    """The examples of one split: their texts, their tokens (cut to the model's context) and labels."""
+    """The examples of one split: texts, tokens (cut to the model's context) and labels."""
 
     texts: list  # the full text of each example (str), for the leakage check and for predictions
     tokens: list  # one uint16 array per example, at most block_size tokens (see truncate)
@@ -256,10 +277,10 @@ class LabelledTexts:
 def truncate(ids, n, how):
     """At most n of a text's token ids: its start (head), its end (tail) or both (head_tail).
 
-    A classifier reads one vector per text, so a long text must be cut to the model's context. For long
-    reviews, keeping the start and the end beats either alone ("How to Fine-Tune BERT for Text
-    Classification?", Sun et al. 2019: the first quarter of the budget from the head, the rest from the
-    tail): a review's opening sets the subject and its ending gives the verdict."""
+    A classifier reads one vector per text, so a long text must be cut to the model's context. For
+    long reviews, keeping the start and the end beats either alone ("How to Fine-Tune BERT for Text
+    Classification?", Sun et al. 2019: the first quarter of the budget from the head, the rest from
+    the tail): a review's opening sets the subject and its ending gives the verdict."""
     if len(ids) <= n:
         return ids
     if how == "head":
@@ -275,14 +296,15 @@ CLS_CACHE_VERSION = 2  # bump when what the cache holds changes
 HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
 
-def load_labelled_file(path, text_column, label_column, tokenizer, block_size, truncation, cache_dir):
+def load_labelled_file(path, text_column, label_column, tokenizer, block_size, truncation,
+                       cache_dir):
     """The examples of one file, tokenized and cut to block_size tokens; cached in cache_dir.
 
-    Rows with an empty text or label are skipped and counted. The cache key is the file's sha256 plus
-    every option that changes the result, so editing the file or an option rebuilds it."""
+    Rows with an empty text or label are skipped and counted. The cache key is the file's sha256
+    plus every option that changes the result, so editing the file or an option rebuilds it."""
     path = Path(path)
-    options = [sha256_of(path), text_column, label_column, block_size, truncation, tokenizer.to_dict(),
-               CLS_CACHE_VERSION]
+    options = [sha256_of(path), text_column, label_column, block_size, truncation,
+               tokenizer.to_dict(), CLS_CACHE_VERSION]
     key = hashlib.sha256(json.dumps(options).encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"{path.name}-{key}.npz"
     if not cache.exists():
@@ -305,8 +327,8 @@ def load_labelled_file(path, text_column, label_column, tokenizer, block_size, t
 
 
 def table_texts(row, text_columns):
-    """The text of a row: its text columns joined with a newline (a title and its article), empty cells
-    left out, HTML line breaks (<br />, as in the IMDB reviews) turned into newlines."""
+    """The text of a row: its text columns joined with a newline (a title and its article), empty
+    cells left out, HTML line breaks (<br />, as in the IMDB reviews) turned into newlines."""
     cells = [str(row[c]) for c in text_columns if row.get(c) is not None and str(row[c]).strip()]
     return HTML_BREAK.sub("\n", "\n".join(cells))
 
@@ -331,14 +353,16 @@ def _tokenize_file(path, text_column, label_column, tokenizer, block_size, trunc
         raise UserError(f"{path}: no rows with both a text and a label")
     if tokenizer.vocab_size > 65536:
         raise UserError("vocabularies larger than 65536 do not fit the uint16 token cache")
-    stats = {"text_columns": text_columns, "label_column": label_column, "skipped": len(skipped_lines),
-             "skipped_lines": skipped_lines[:10], "truncated": truncated}
+    stats = {"text_columns": text_columns, "label_column": label_column,
+             "skipped": len(skipped_lines), "skipped_lines": skipped_lines[:10],
+             "truncated": truncated}
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f".{cache.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as f:
         np.savez(f, ids=np.concatenate(tokens), offsets=np.cumsum([0] + [len(t) for t in tokens]),
                  labels=np.array(labels), texts=np.frombuffer(b"".join(texts), dtype=np.uint8),
-                 text_offsets=np.cumsum([0] + [len(t) for t in texts]), stats=np.array(json.dumps(stats)))
+                 text_offsets=np.cumsum([0] + [len(t) for t in texts]),
+                 stats=np.array(json.dumps(stats)))
     os.replace(tmp, cache)
 
 
@@ -363,16 +387,17 @@ def stratified_choice(labels, counts, seed):
 
 
 def stratified_split(labels, fraction, seed):
-    """(kept, held out) indices: `fraction` of each label's examples held out, chosen at random with seed,
-    so the held-out part has the same label proportions as the whole."""
-    counts = {label: round(fraction * n) for label, n in zip(*np.unique(labels, return_counts=True))}
+    """(kept, held out) indices: `fraction` of each label's examples held out, chosen at random with
+    seed, so the held-out part has the same label proportions as the whole."""
+    names, sizes = np.unique(labels, return_counts=True)
+    counts = {label: round(fraction * n) for label, n in zip(names, sizes)}
     held = stratified_choice(labels, counts, seed)
     return np.setdiff1d(np.arange(len(labels)), held), held
 
 
 def sample_of(split, n, seed):
-    """n examples of a split, in the split's label proportions (largest remainders), seeded: for quick
-    runs. The whole split when n is 0 or not smaller than it."""
+    """n examples of a split, in the split's label proportions (largest remainders), seeded: for
+    quick runs. The whole split when n is 0 or not smaller than it."""
     if not 0 < n < len(split):
         return split
     names, sizes = np.unique(split.labels, return_counts=True)
@@ -391,7 +416,8 @@ class ClassificationData:
     def targets(self, split):
         """The class ids of a split's examples."""
         index = {name: i for i, name in enumerate(self.labels)}
-        return np.array([index[name] for name in self.splits[split].labels.tolist()], dtype=np.int64)
+        names = self.splits[split].labels.tolist()
+        return np.array([index[name] for name in names], dtype=np.int64)
 
 
 def load_classification_data(dataset, tokenizer, data_dir, *, val_dataset="", test_dataset="",
@@ -400,10 +426,10 @@ def load_classification_data(dataset, tokenizer, data_dir, *, val_dataset="", te
                              max_test_samples=0, drop_leaked=False, seed=1337):
     """Train, validation and test examples of a classification dataset, and its label names.
 
-    A named dataset brings its own test (and maybe validation) file; --val_dataset / --test_dataset name
-    them for a local file. A split that is not given is carved out of train: val_fraction of each label,
-    seeded. Texts shared by two splits are reported (leakage.py): they make validation and test scores
-    optimistic; drop_leaked removes them from the training split."""
+    A named dataset brings its own test (and maybe validation) file; --val_dataset / --test_dataset
+    name them for a local file. A split that is not given is carved out of train: val_fraction of
+    each label, seeded. Texts shared by two splits are reported (leakage.py): they make validation
+    and test scores optimistic; drop_leaked removes them from the training split."""
     paths, default_text, default_label = resolve_cls_dataset(dataset, data_dir)
     if val_dataset:
         paths["val"] = Path(val_dataset)
@@ -411,21 +437,21 @@ def load_classification_data(dataset, tokenizer, data_dir, *, val_dataset="", te
         paths["test"] = Path(test_dataset)
     text_column, label_column = text_column or default_text, label_column or default_label
     cache_dir = Path(data_dir) / "cls"
-    splits = {name: load_labelled_file(paths[name], text_column, label_column, tokenizer, block_size,
-                                       truncation, cache_dir)
+    splits = {name: load_labelled_file(paths[name], text_column, label_column, tokenizer,
+                                       block_size, truncation, cache_dir)
               for name in ("train", "val", "test") if name in paths}
 
     train = splits["train"]
     labels = sorted_labels(train.labels)
     if len(labels) < 2:
-        raise UserError(f"{train.source}: every example has the label '{labels[0]}'; a classifier needs "
-                        "at least two classes")
+        raise UserError(f"{train.source}: every example has the label '{labels[0]}'; a classifier "
+                        "needs at least two classes")
     for name in ("test", "val"):
         if name not in splits:
             kept, held = stratified_split(train.labels, val_fraction, seed)
             if len(held) == 0:
-                raise UserError(f"val_fraction {val_fraction} of {len(train)} examples leaves no {name} "
-                                "examples")
+                raise UserError(f"val_fraction {val_fraction} of {len(train)} examples leaves no "
+                                f"{name} examples")
             splits[name] = train.subset(held, f"{val_fraction:.0%} of {train.source}")
             train = train.subset(kept, train.source)
     splits["train"] = train
@@ -435,11 +461,12 @@ def load_classification_data(dataset, tokenizer, data_dir, *, val_dataset="", te
             rows = int((splits[name].labels == unseen[0]).sum())
             rows = "1 row" if rows == 1 else f"{rows} rows"
             more = f" and {len(unseen) - 1} more new labels" if len(unseen) > 1 else ""
-            raise UserError(f"{splits[name].source}: label '{unseen[0]}' ({rows}){more} never occurs in "
-                            f"the training data (labels: {', '.join(labels)})")
+            raise UserError(f"{splits[name].source}: label '{unseen[0]}' ({rows}){more} never "
+                            f"occurs in the training data (labels: {', '.join(labels)})")
     splits = {name: splits[name] for name in ("train", "val", "test")}
     splits = report_leakage(splits, drop_leaked)
-    for name, n in (("train", max_train_samples), ("val", max_val_samples), ("test", max_test_samples)):
+    limits = {"train": max_train_samples, "val": max_val_samples, "test": max_test_samples}
+    for name, n in limits.items():
         splits[name] = sample_of(splits[name], n, seed)
     data = ClassificationData(labels, splits)
     for name, split in data.splits.items():
@@ -453,7 +480,8 @@ def report_leakage(splits, drop_leaked):
     """Print the texts that two splits share (exact and near duplicates, see leakage.py); with
     drop_leaked, return the training split without them. Returns the splits."""
     report = find_leakage({name: s.texts for name, s in splits.items()},
-                          {name: s.labels.tolist() for name, s in splits.items()}, train_split="train")
+                          {name: s.labels.tolist() for name, s in splits.items()},
+                          train_split="train")
     leaked = {key: sum(len(d.rows_b) for d in dups.values()) for key, dups in report.pairs.items()}
     if any(leaked.values()):
         print(format_report(report))

@@ -38,8 +38,8 @@ from runtime import (StopRequest, any_rank, main_process_first, maybe_compile, m
 class TrainConfig:
     # where things go
     out_dir: str = setting("run directory: last/ and best/ checkpoints, metrics.jsonl", "out")
-    init_from: str = setting("scratch | resume (out_dir/last) | a GPT-2 name (gpt2, gpt2-medium...) | "
-                             "a checkpoint or run directory", "scratch")
+    init_from: str = setting("scratch | resume (out_dir/last) | a GPT-2 name (gpt2, "
+                             "gpt2-medium...) | a checkpoint or run directory", "scratch")
     overwrite: bool = setting("start over in an out_dir that holds a run (its best/, last/ and "
                               "metrics.jsonl are replaced)", False)
     tensorboard: bool = setting("also write TensorBoard events to out_dir/tensorboard", False)
@@ -51,7 +51,8 @@ class TrainConfig:
     # the loop
     max_iters: int = setting("optimizer steps in total", 5000, ">= 0")
     eval_interval: int = setting("evaluate and write last/ every this many steps", 250, ">= 1")
-    eval_iters: int = setting("batches per split in an evaluation (a fixed, seeded set)", 50, ">= 1")
+    eval_iters: int = setting("batches per split in an evaluation (a fixed, seeded "
+                              "set)", 50, ">= 1")
     log_interval: int = setting("print a progress line every this many steps", 10, ">= 1")
     batch_size: int = setting("sequences per micro-batch, all processes together", 32, ">= 1")
     gradient_accumulation_steps: int = setting("micro-batches per optimizer step", 1, ">= 1")
@@ -77,7 +78,8 @@ class TrainConfig:
     dtype: str = setting("autocast precision", "auto", ("auto", "float32", "bfloat16", "float16"))
     compile: bool = setting("torch.compile the model (falls back to eager if it fails)", False)
     seed: int = setting("seed for init, batches and dropout", 1337, "[0, 9223372036854775000]")
-    peak_flops: float = setting("peak FLOP/s of the device for MFU (0: the device's own if known)", 0.0,
+    peak_flops: float = setting("peak FLOP/s of the device for MFU (0: the device's own if "
+                                "known)", 0.0,
                                 ">= 0")
 
     FOLLOWS = {"lr_decay_iters": "max_iters"}  # see config.parse_config
@@ -85,25 +87,26 @@ class TrainConfig:
     def __post_init__(self):
         check_settings(self)
         if self.n_embd % self.n_head:
-            raise UserError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): each "
-                            "head gets n_embd / n_head")
+            raise UserError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
+                            "each head gets n_embd / n_head")
 
     def check_processes(self, world_size):
         """Each micro-batch is shared out row by row across the processes (see train_step), so every
         process needs a row. Checked before anything is downloaded or prepared."""
         if self.batch_size < world_size:
-            raise UserError(f"batch_size {self.batch_size} cannot be shared by {world_size} processes "
-                            f"(each needs at least one row); use --batch_size={world_size} or more")
+            raise UserError(f"batch_size {self.batch_size} cannot be shared by {world_size} "
+                            "processes (each needs at least one row); use "
+                            f"--batch_size={world_size} or more")
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The learning-rate schedule
 
 
 def lr_at(step, learning_rate, min_lr, warmup_iters, lr_decay_iters):
     """Linear warmup to learning_rate over warmup_iters steps, then a cosine down to min_lr at
-    lr_decay_iters ("SGDR", Loshchilov & Hutter, 2017), then min_lr. Warmup keeps Adam's first, badly
-    estimated updates small."""
+    lr_decay_iters ("SGDR", Loshchilov & Hutter, 2017), then min_lr. Warmup keeps Adam's first,
+    badly estimated updates small."""
     if step < warmup_iters:
         return learning_rate * (step + 1) / (warmup_iters + 1)
     if step >= lr_decay_iters:
@@ -112,7 +115,7 @@ def lr_at(step, learning_rate, min_lr, warmup_iters, lr_decay_iters):
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # What the loop works on
 
 
@@ -120,7 +123,8 @@ class Objective:
     """What the loop trains for and how it measures it: its only contact with the data.
     LanguageModelling below; Classification in finetune.py.
 
-    next_step() -> ([(batch, items)], total): this process's micro-batches for the next optimizer step,
+    next_step() -> ([(batch, items)], total): this process's micro-batches for the next optimizer
+    step,
         each with the number of items (tokens, texts) its loss is a mean over, and the items of the
         whole step over all processes
     loss(model, batch) -> the mean loss of a micro-batch
@@ -134,6 +138,10 @@ class Objective:
     higher_is_better = False
     patience = 0  # evaluations without improvement before stopping early (0: never)
     tokens = 0
+
+    def trial_step(self, model):
+        """One forward pass on a batch (torch.compile compiles on its first call)."""
+        return self.loss(model, self.example_batch())
 
     def extra_evaluation(self, iter_num):
         """True to evaluate at iter_num besides every eval_interval (classification: epoch ends)."""
@@ -166,8 +174,8 @@ class TrainState:
 @dataclass
 class Training:
     """Everything one run works on, passed around whole: settings and runtime, the model (`raw`, the
-    plain module that is saved; `model`, what the steps call: maybe compiled, maybe DDP-wrapped), the
-    optimizer and gradient scaler, the objective, the run directory and the counters."""
+    plain module that is saved; `model`, what the steps call: maybe compiled, maybe DDP-wrapped),
+    the optimizer and gradient scaler, the objective, the run directory and the counters."""
 
     cfg: object
     rt: object
@@ -187,18 +195,19 @@ class Diverged(UserError):
     """The loss or the gradient norm stopped being a finite number."""
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # TRAINING STEP
 
 
 def train_step(t):
     """One optimizer step. Returns (mean loss over the step's batch, gradient norm before clipping).
 
-    Gradient accumulation: backward() adds into .grad, so the micro-batches run one after another and
-    their gradients sum. Each micro-batch's loss is a mean over its items, so it is weighted by its share
-    of the step's items: the sum is then the gradient of the mean loss over the whole step's batch,
-    however it is split into micro-batches and processes. (Under DDP, gradients are averaged across the
-    processes during the last micro-batch's backward, hence the world_size factor.)"""
+    Gradient accumulation: backward() adds into .grad, so the micro-batches run one after another
+    and their gradients sum. Each micro-batch's loss is a mean over its items, so it is weighted by
+    its share of the step's items: the sum is then the gradient of the mean loss over the whole
+    step's batch, however it is split into micro-batches and processes. (Under DDP, gradients are
+    averaged across the processes during the last micro-batch's backward, hence the world_size
+    factor.)"""
     cfg, rt, scaler = t.cfg, t.rt, t.scaler
     lr = lr_at(t.state.iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters,
                cfg.lr_decay_iters or cfg.max_iters)
@@ -240,22 +249,24 @@ def no_sync_unless(model, rt, last):
 
 
 def stop_if_diverged(t, loss, grad_norm):
-    """Stop at the first non-finite loss or gradient norm, before the step writes it into the weights.
-    With float16 an overflowing gradient is normal: the GradScaler skips that step and lowers its scale,
-    so there only the loss is checked. All processes take the decision together."""
+    """Stop at the first non-finite loss or gradient norm, before the step writes it into the
+    weights. With float16 an overflowing gradient is normal: the GradScaler skips that step and
+    lowers its scale, so there only the loss is checked. All processes take the decision together.
+    """
     bad = not torch.isfinite(loss) or (t.scaler is None and not torch.isfinite(grad_norm))
     if any_rank(t.rt, bool(bad)):
-        raise Diverged(f"the loss became {loss.item()} (gradient norm {grad_norm.item():.3g}) at iter "
-                       f"{t.state.iter_num + 1}: training diverged, and last/ keeps the weights of iter "
-                       f"{t.saved_at}; lower the learning rate (or check the data) and start again")
+        raise Diverged(f"the loss became {loss.item()} (gradient norm {grad_norm.item():.3g}) at "
+                       f"iter {t.state.iter_num + 1}: training diverged, and last/ keeps the "
+                       f"weights of iter {t.saved_at}; lower the learning rate (or check the data) "
+                       "and start again")
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # EVALUATION AND CHECKPOINTS
 
 
 def evaluation_due(t):
-    """At every eval_interval steps, where the objective asks for one, and at the end; once per step."""
+    """Every eval_interval steps, where the objective asks for one, and at the end; once a step."""
     it = t.state.iter_num
     due = it % t.cfg.eval_interval == 0 or t.objective.extra_evaluation(it) or it >= t.cfg.max_iters
     return due and t.state.evaluated_at != it
@@ -283,7 +294,8 @@ def evaluate_and_save(t, evaluate=True):
         if objective.epoch_of(state.iter_num) is not None:
             row["epoch"] = objective.epoch_of(state.iter_num)
         t.run_dir.log(row)
-        shown = " ".join(f"{k} {_fmt(v)}" for k, v in row.items() if not isinstance(v, (dict, list)))
+        shown = " ".join(f"{k} "
+                         f"{_fmt(v)}" for k, v in row.items() if not isinstance(v, (dict, list)))
         print0(t.rt, f"eval {shown}")
         if improved:
             save(t, "best", resumable=False)
@@ -303,7 +315,8 @@ def save(t, name, resumable):
     train_state = None
     if resumable:
         train_state = {**asdict(state), "log_bytes": t.run_dir.log_bytes(), "rng": rng,
-                       "optimizer": t.optimizer.state_dict(), "sampler": t.objective.sampler.state_dict(),
+                       "optimizer": t.optimizer.state_dict(),
+                       "sampler": t.objective.sampler.state_dict(),
                        "scaler": t.scaler.state_dict() if t.scaler is not None else None}
         if has_lora(t.raw):
             train_state["lora"] = lora_state(t.raw)
@@ -313,7 +326,7 @@ def save(t, name, resumable):
         t.saved_at = state.iter_num
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # THE LOOP
 
 
@@ -342,9 +355,10 @@ def train_loop(cfg, rt, model, objective, run_dir, resume=None):
 
 
 def start(cfg, rt, model, objective, run_dir, resume):
-    """The optimizer, the gradient scaler and the counters, restored when resuming; the model compiled
-    and DDP-wrapped for the steps (the plain one is kept for evaluation and saving)."""
-    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+    """The optimizer, the gradient scaler and the counters, restored when resuming; the model
+    compiled and DDP-wrapped for the steps (the plain one is kept for evaluation and saving)."""
+    betas = (cfg.beta1, cfg.beta2)
+    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, betas,
                                           rt.device_type)
     scaler = rt.make_scaler()
     state = TrainState()
@@ -359,14 +373,14 @@ def start(cfg, rt, model, objective, run_dir, resume):
         last = (f"; its last evaluation, at iter {state.evaluated_at}: {_summary(state.metrics)}"
                 if state.metrics else "")
         print0(rt, f"resumed from {Path(cfg.out_dir) / 'last'} at iter {state.iter_num}{last}")
-    steps = maybe_compile(model, cfg.compile, rt, lambda m: objective.loss(m, objective.example_batch()))
+    steps = maybe_compile(model, cfg.compile, rt, objective.trial_step)
     if rt.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         steps = DDP(steps, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None)
     if cfg.lr_decay_iters not in (0, cfg.max_iters):
-        print0(rt, f"warning: the learning-rate schedule ends at step {cfg.lr_decay_iters}, the run at "
-                   f"{cfg.max_iters}: the cosine does not end with the run")
+        print0(rt, f"warning: the learning-rate schedule ends at step {cfg.lr_decay_iters}, the "
+                   f"run at {cfg.max_iters}: the cosine does not end with the run")
     return Training(cfg, rt, model, steps, optimizer, scaler, objective, run_dir, state,
                     saved_at=state.iter_num if resume is not None else None)
 
@@ -388,7 +402,7 @@ class Throughput:
         it = t.state.iter_num
         if it % cfg.log_interval and it != cfg.max_iters:
             return
-        loss = mean_over_ranks(t.rt, loss).item()  # waits for the device: the timings below are real
+        loss = mean_over_ranks(t.rt, loss).item()  # waits for the device: timings below are real
         elapsed = time.time() - self.start
         ms = 1000 * elapsed / self.steps
         tokens_per_s = (t.objective.tokens - self.tokens) / elapsed
@@ -409,7 +423,8 @@ class Throughput:
 def report_end(t):
     """The last line says where the run stopped and which evaluation its numbers come from."""
     state, stopped_by = t.state, t.stopped_by
-    how = f"stopped by {stopped_by} at iter {state.iter_num}" if stopped_by else f"done at iter {state.iter_num}"
+    how = f"stopped by {stopped_by}" if stopped_by else "done"
+    how += f" at iter {state.iter_num}"
     where = t.run_dir.path / "last"
     if state.metrics:
         print0(t.rt, f"{how}; saved {where}; its last evaluation, at iter {state.evaluated_at}: "
@@ -434,7 +449,7 @@ def _duration(seconds):
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Language modelling
 
 
@@ -495,21 +510,24 @@ def build_model(cfg, meta, rt):
     Returns (model, the train state to resume from or None)."""
     if cfg.init_from == "scratch":
         torch.manual_seed(cfg.seed)  # the same init on every rank
-        config = GPTConfig(block_size=cfg.block_size, vocab_size=meta["vocab_size"], n_layer=cfg.n_layer,
-                           n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)
+        config = GPTConfig(block_size=cfg.block_size, vocab_size=meta["vocab_size"],
+                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                           dropout=cfg.dropout, bias=cfg.bias)
         return GPT(config), None
     if cfg.init_from == "resume":
         directory = find_checkpoint(Path(cfg.out_dir) / "last")
         info = read_info(directory)
         require_same_meaning(info, meta, directory, resume=True)
-        # Compare the settings with those the run started with, not with the model: a run that started
-        # from GPT-2 has GPT-2's shape whatever n_layer says, and resumes with the same command line.
+        # Compare the settings with those the run started with, not with the model: a run that
+        # started from GPT-2 has GPT-2's shape whatever n_layer says, and resumes with the same
+        # command line.
         started = {**(info.run or {}), "vocab_size": info.model.vocab_size}
         wanted = {**asdict(cfg), "vocab_size": meta["vocab_size"]}
-        diff = [f"{k} {started[k]} -> {wanted[k]}" for k in SHAPE_KEYS if k in started and started[k] != wanted[k]]
+        diff = [f"{k} {started[k]} -> "
+                f"{wanted[k]}" for k in SHAPE_KEYS if k in started and started[k] != wanted[k]]
         if diff:
-            raise UserError(f"cannot resume {directory}: the model shape differs ({', '.join(diff)}); "
-                            "use the run's own settings or a new out_dir")
+            raise UserError(f"cannot resume {directory}: the model shape differs "
+                            f"({', '.join(diff)}); use the run's own settings or a new out_dir")
         model, _ = load_model(directory)
         set_dropout(model, cfg.dropout)
         return model, load_train_state(directory)
@@ -519,8 +537,9 @@ def build_model(cfg, meta, rt):
     model, info = load_model(directory)
     require_same_meaning(info, meta, cfg.init_from, resume=False)
     if cfg.block_size > model.config.block_size:
-        raise UserError(f"block_size {cfg.block_size} is longer than the {model.config.block_size} positions "
-                        f"that {cfg.init_from} learned; use --block_size={model.config.block_size} or less")
+        raise UserError(f"block_size {cfg.block_size} is longer than the {model.config.block_size} "
+                        f"positions that {cfg.init_from} learned; use "
+                        f"--block_size={model.config.block_size} or less")
     if cfg.block_size < model.config.block_size:
         model.crop_block_size(cfg.block_size)
     set_dropout(model, cfg.dropout)
@@ -532,22 +551,22 @@ def require_same_meaning(info, meta, where, resume):
     where a language model is needed, another tokenizer or character vocabulary (the same ids would
     stand for other characters), and, to resume, another text than the run was training on."""
     if info.task == "cls":
-        raise UserError(f"{where} is a classifier ({', '.join(info.labels)}), not a language model; "
-                        "give a language model's checkpoint")
+        raise UserError(f"{where} is a classifier ({', '.join(info.labels)}), not a language "
+                        "model; give a language model's checkpoint")
     theirs, ours = info.tokenizer, meta["tokenizer"]
     if theirs["type"] != ours["type"]:
-        raise UserError(f"{where} was trained with another tokenizer ({theirs['type']}) than the data's "
-                        f"({ours['type']}); pass --tokenizer={theirs['type']}")
+        raise UserError(f"{where} was trained with another tokenizer ({theirs['type']}) than the "
+                        f"data's ({ours['type']}); pass --tokenizer={theirs['type']}")
     if theirs != ours:
         changed = sorted(set(theirs["chars"]) ^ set(ours["chars"]))
-        raise UserError(f"{where} was trained with another tokenizer: its characters are not this text's "
-                        f"({len(changed)} differ, e.g. {changed[:5]}); a char-level model can only "
-                        "continue on text with the same characters")
+        raise UserError(f"{where} was trained with another tokenizer: its characters are not this "
+                        f"text's ({len(changed)} differ, e.g. {changed[:5]}); a char-level model "
+                        "can only continue on text with the same characters")
     source = (info.data or {}).get("source_sha256")
     if resume and source is not None and source != meta["source_sha256"]:
-        raise UserError(f"cannot resume {where}: the run trained on {info.data.get('source')} and this "
-                        f"text ({meta['source']}) is another one; to continue training on new text, "
-                        f"start a new run with --init_from={Path(where).parent}")
+        raise UserError(f"cannot resume {where}: the run trained on {info.data.get('source')} and "
+                        f"this text ({meta['source']}) is another one; to continue training on new "
+                        f"text, start a new run with --init_from={Path(where).parent}")
 
 
 def set_dropout(model, p):
@@ -558,14 +577,14 @@ def set_dropout(model, p):
             m.p = p
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The run
 
 
 def run(cfg, epochs=None, adapt=None):
-    """Train with the settings in cfg, a TrainConfig. With epochs, max_iters is as many steps as that
-    many passes over the training tokens take. adapt(model, resume, rt), when given, decides what
-    trains (finetune.py: freezing, LoRA) before the loop starts."""
+    """Train with the settings in cfg, a TrainConfig. With epochs, max_iters is as many steps as
+    that many passes over the training tokens take. adapt(model, resume, rt), when given, decides
+    what trains (finetune.py: freezing, LoRA) before the loop starts."""
     check_settings(cfg)
     cfg.check_processes(world_size_from_env())
     with session(cfg) as rt:
@@ -575,13 +594,14 @@ def run(cfg, epochs=None, adapt=None):
             # data: tokenized once and cached (rank 0 first, the others then read the cache)
             data_dir, meta = main_process_first(
                 rt, lambda: prepare_lm_data(cfg.dataset, cfg.tokenizer, cfg.data_dir))
-            print0(rt, f"data: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens "
-                       f"from {meta['source']}")
+            print0(rt, f"data: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val "
+                       f"tokens from {meta['source']}")
             if epochs is not None:
                 tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
                 steps = max(1, math.ceil(epochs * meta["train_tokens"] / tokens_per_step))
                 cfg = replace(cfg, max_iters=steps)
-                print0(rt, f"{epochs} epochs of {tokens_per_step:,} tokens per step: {steps:,} steps")
+                print0(rt, f"{epochs} epochs of {tokens_per_step:,} tokens per step: {steps:,} "
+                           "steps")
 
             model, resume = build_model(cfg, meta, rt)
             if adapt is not None:
