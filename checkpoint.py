@@ -296,3 +296,26 @@ def load_train_state(directory):
     if missing:
         raise UserError(f"{path} has no {missing[0]} state: the checkpoint is damaged")
     return state
+
+
+def check_same_meaning(info, meta, where, resume):
+    """Refuse a starting point whose weights would mean something else on this data: a classifier
+    where a language model is needed, another tokenizer or character vocabulary (the same ids would
+    stand for other characters), and, to resume, another text than the run was training on."""
+    if info.task == "cls":
+        raise UserError(f"{where} is a classifier ({', '.join(info.labels)}), not a language "
+                        "model; give a language model's checkpoint")
+    theirs, ours = info.tokenizer, meta["tokenizer"]
+    if theirs["type"] != ours["type"]:
+        raise UserError(f"{where} was trained with another tokenizer ({theirs['type']}) than the "
+                        f"data's ({ours['type']}); pass --tokenizer={theirs['type']}")
+    if theirs != ours:
+        changed = sorted(set(theirs["chars"]) ^ set(ours["chars"]))
+        raise UserError(f"{where} was trained with another tokenizer: its characters are not this "
+                        f"text's ({len(changed)} differ, e.g. {changed[:5]}); a char-level model "
+                        "can only continue on text with the same characters")
+    source = (info.data or {}).get("source_sha256")
+    if resume and source is not None and source != meta["source_sha256"]:
+        raise UserError(f"cannot resume {where}: the run trained on {info.data.get('source')} and "
+                        f"this text ({meta['source']}) is another one; to continue training on new "
+                        f"text, start a new run with --init_from={Path(where).parent}")

@@ -40,6 +40,10 @@ def run_main(main):
     except KeyboardInterrupt:  # e.g. in a download: the partial file is kept, resumed next time
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as e:  # disk full, read-only, a file where a directory should be, ...
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        sys.exit(1)
 
 
 # --------------------------------------------------------------------------------------------------

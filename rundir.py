@@ -8,6 +8,8 @@ The run directory (out_dir) of a training run, and the rules that keep it safe.
         tensorboard/     the same numbers as TensorBoard events, with --tensorboard=True
         .lock            who is writing here, while a run does
 
+It also prints what a run reports as it goes (Progress) and at its end (report_end).
+
 The rules: one writer at a time (a second run on the same out_dir is refused, naming the first); a
 new run never replaces a run it did not make unless told to (--overwrite=True); a resumed run
 continues metrics.jsonl where its checkpoint was saved, so every iteration is logged once; nothing
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 
 from config import UserError
+from runtime import mean_over_ranks, peak_flops, print0
 
 RUN_FILES = ("last", "best", ".last.old", ".best.old", ".last.tmp", ".best.tmp", "metrics.jsonl",
              "tensorboard")
@@ -197,3 +200,78 @@ class RunDirectory:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# What a run prints: progress lines, and where it ended
+
+
+class Progress:
+    """Every log_interval steps: the mean loss over the step's batch and all processes, the learning
+    rate, ms per step, tokens/s, MFU and the time left, printed and logged."""
+
+    def __init__(self, t):
+        self.t, self.peak = t, t.cfg.peak_flops or peak_flops(t.rt)
+        self.restart()
+
+    def restart(self):
+        self.start, self.steps, self.tokens = time.time(), 0, self.t.objective.tokens
+
+    def tick(self, loss, grad_norm, lr):
+        t, cfg = self.t, self.t.cfg
+        self.steps += 1
+        it = t.state.iter_num
+        if it % cfg.log_interval and it != cfg.max_iters:
+            return
+        loss = mean_over_ranks(t.rt, loss).item()  # waits for the device: timings below are real
+        elapsed = time.time() - self.start
+        ms = 1000 * elapsed / self.steps
+        tokens_per_s = (t.objective.tokens - self.tokens) / elapsed
+        evals_left = (cfg.max_iters // cfg.eval_interval - it // cfg.eval_interval
+                      + t.objective.evaluations_left(it, cfg.max_iters) + 1)
+        eta = (cfg.max_iters - it) * ms / 1000 + evals_left * t.eval_seconds
+        row = {"iter": it, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(), "ms_per_iter": ms,
+               "tokens_per_s": tokens_per_s}
+        if self.peak:
+            row["mfu"] = t.raw.flops_per_token() * tokens_per_s / self.peak
+        t.run_dir.log(row)
+        mfu = f" | mfu {100 * row['mfu']:.1f}%" if self.peak else ""
+        print0(t.rt, f"iter {it}: loss {loss:.4f} | lr {lr:.2e} | {ms:.1f} ms/iter | "
+                     f"{tokens_per_s:,.0f} tok/s{mfu} | eta {duration(eta)}")
+        self.restart()
+
+
+def last_evaluation(state):
+    """'; its last evaluation, at iter N: val_loss ...' for a TrainState, or ''."""
+    if not state.metrics:
+        return ""
+    return f"; its last evaluation, at iter {state.evaluated_at}: {summary(state.metrics)}"
+
+
+def report_end(t):
+    """The last line says where the run stopped and which evaluation its numbers come from."""
+    state, stopped_by = t.state, t.stopped_by
+    how = f"stopped by {stopped_by}" if stopped_by else "done"
+    how += f" at iter {state.iter_num}"
+    where = t.run_dir.path / "last"
+    if state.metrics:
+        print0(t.rt, f"{how}; saved {where}; its last evaluation, at iter {state.evaluated_at}: "
+                     f"{summary(state.metrics)}")
+    else:
+        print0(t.rt, f"{how}; saved {where}; not evaluated yet")
+    if stopped_by:
+        print0(t.rt, "continue with --init_from=resume and the same settings")
+
+
+def summary(metrics):
+    return ", ".join(f"{k} {fmt(v)}" for k, v in metrics.items() if isinstance(v, (int, float)))
+
+
+def fmt(v):
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def duration(seconds):
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"

@@ -23,15 +23,15 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import (CheckpointInfo, find_checkpoint, load_model, load_train_state, read_info,
-                        save_checkpoint, unwrap)
+from checkpoint import (CheckpointInfo, check_same_meaning, find_checkpoint, load_model,
+                        load_train_state, read_info, save_checkpoint)
 from config import UserError, check_settings, parse_config, run_main, setting
 from data import LMBatches, load_tokens, prepare_lm_data
 from lora import has_lora, lora_state, merged_copy
 from model import GPT, GPTConfig
-from rundir import RunDirectory
-from runtime import (StopRequest, any_rank, main_process_first, maybe_compile, mean_over_ranks,
-                     peak_flops, print0, rng_state, session, set_rng_state, world_size_from_env)
+from rundir import Progress, RunDirectory, fmt, last_evaluation, report_end
+from runtime import (StopRequest, any_rank, main_process_first, maybe_compile, print0, rng_state,
+                     session, set_rng_state, world_size_from_env)
 
 
 @dataclass
@@ -294,8 +294,7 @@ def evaluate_and_save(t, evaluate=True):
         if objective.epoch_of(state.iter_num) is not None:
             row["epoch"] = objective.epoch_of(state.iter_num)
         t.run_dir.log(row)
-        shown = " ".join(f"{k} "
-                         f"{_fmt(v)}" for k, v in row.items() if not isinstance(v, (dict, list)))
+        shown = " ".join(f"{k} {fmt(v)}" for k, v in row.items() if not isinstance(v, (dict, list)))
         print0(t.rt, f"eval {shown}")
         if improved:
             save(t, "best", resumable=False)
@@ -334,7 +333,7 @@ def train_loop(cfg, rt, model, objective, run_dir, resume=None):
     """Train model (the plain module, on rt.device) for cfg.max_iters steps, from `resume` (a
     train_state.pt's contents) if given. Returns the Training at the end."""
     t = start(cfg, rt, model, objective, run_dir, resume)
-    clock = Throughput(t)
+    clock = Progress(t)
     with StopRequest(verbose=rt.is_main) as stop:
         while True:
             stopping = any_rank(rt, stop.requested)  # all processes stop at the same step
@@ -370,9 +369,8 @@ def start(cfg, rt, model, objective, run_dir, resume):
         set_rng_state(rt, resume["rng"])
         state = TrainState.restored(resume)
         run_dir.continue_log(resume.get("log_bytes"), state.iter_num)
-        last = (f"; its last evaluation, at iter {state.evaluated_at}: {_summary(state.metrics)}"
-                if state.metrics else "")
-        print0(rt, f"resumed from {Path(cfg.out_dir) / 'last'} at iter {state.iter_num}{last}")
+        print0(rt, f"resumed from {Path(cfg.out_dir) / 'last'} at iter {state.iter_num}"
+                   f"{last_evaluation(state)}")
     steps = maybe_compile(model, cfg.compile, rt, objective.trial_step)
     if rt.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -383,70 +381,6 @@ def start(cfg, rt, model, objective, run_dir, resume):
                    f"run at {cfg.max_iters}: the cosine does not end with the run")
     return Training(cfg, rt, model, steps, optimizer, scaler, objective, run_dir, state,
                     saved_at=state.iter_num if resume is not None else None)
-
-
-class Throughput:
-    """Every log_interval steps: the mean loss over the step's batch and all processes, the learning
-    rate, ms per step, tokens/s, MFU and the time left, printed and logged."""
-
-    def __init__(self, t):
-        self.t, self.peak = t, t.cfg.peak_flops or peak_flops(t.rt)
-        self.restart()
-
-    def restart(self):
-        self.start, self.steps, self.tokens = time.time(), 0, self.t.objective.tokens
-
-    def tick(self, loss, grad_norm, lr):
-        t, cfg = self.t, self.t.cfg
-        self.steps += 1
-        it = t.state.iter_num
-        if it % cfg.log_interval and it != cfg.max_iters:
-            return
-        loss = mean_over_ranks(t.rt, loss).item()  # waits for the device: timings below are real
-        elapsed = time.time() - self.start
-        ms = 1000 * elapsed / self.steps
-        tokens_per_s = (t.objective.tokens - self.tokens) / elapsed
-        evals_left = (cfg.max_iters // cfg.eval_interval - it // cfg.eval_interval
-                      + t.objective.evaluations_left(it, cfg.max_iters) + 1)
-        eta = (cfg.max_iters - it) * ms / 1000 + evals_left * t.eval_seconds
-        row = {"iter": it, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(), "ms_per_iter": ms,
-               "tokens_per_s": tokens_per_s}
-        if self.peak:
-            row["mfu"] = t.raw.flops_per_token() * tokens_per_s / self.peak
-        t.run_dir.log(row)
-        mfu = f" | mfu {100 * row['mfu']:.1f}%" if self.peak else ""
-        print0(t.rt, f"iter {it}: loss {loss:.4f} | lr {lr:.2e} | {ms:.1f} ms/iter | "
-                     f"{tokens_per_s:,.0f} tok/s{mfu} | eta {_duration(eta)}")
-        self.restart()
-
-
-def report_end(t):
-    """The last line says where the run stopped and which evaluation its numbers come from."""
-    state, stopped_by = t.state, t.stopped_by
-    how = f"stopped by {stopped_by}" if stopped_by else "done"
-    how += f" at iter {state.iter_num}"
-    where = t.run_dir.path / "last"
-    if state.metrics:
-        print0(t.rt, f"{how}; saved {where}; its last evaluation, at iter {state.evaluated_at}: "
-                     f"{_summary(state.metrics)}")
-    else:
-        print0(t.rt, f"{how}; saved {where}; not evaluated yet")
-    if stopped_by:
-        print0(t.rt, "continue with --init_from=resume and the same settings")
-
-
-def _summary(metrics):
-    return ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.items() if isinstance(v, (int, float)))
-
-
-def _fmt(v):
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-
-def _duration(seconds):
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -517,14 +451,14 @@ def build_model(cfg, meta, rt):
     if cfg.init_from == "resume":
         directory = find_checkpoint(Path(cfg.out_dir) / "last")
         info = read_info(directory)
-        require_same_meaning(info, meta, directory, resume=True)
+        check_same_meaning(info, meta, directory, resume=True)
         # Compare the settings with those the run started with, not with the model: a run that
         # started from GPT-2 has GPT-2's shape whatever n_layer says, and resumes with the same
         # command line.
         started = {**(info.run or {}), "vocab_size": info.model.vocab_size}
         wanted = {**asdict(cfg), "vocab_size": meta["vocab_size"]}
-        diff = [f"{k} {started[k]} -> "
-                f"{wanted[k]}" for k in SHAPE_KEYS if k in started and started[k] != wanted[k]]
+        changed = [k for k in SHAPE_KEYS if k in started and started[k] != wanted[k]]
+        diff = [f"{k} {started[k]} -> {wanted[k]}" for k in changed]
         if diff:
             raise UserError(f"cannot resume {directory}: the model shape differs "
                             f"({', '.join(diff)}); use the run's own settings or a new out_dir")
@@ -535,7 +469,7 @@ def build_model(cfg, meta, rt):
 
     directory = main_process_first(rt, lambda: resolve_pretrained(cfg.init_from))  # one download
     model, info = load_model(directory)
-    require_same_meaning(info, meta, cfg.init_from, resume=False)
+    check_same_meaning(info, meta, cfg.init_from, resume=False)
     if cfg.block_size > model.config.block_size:
         raise UserError(f"block_size {cfg.block_size} is longer than the {model.config.block_size} "
                         f"positions that {cfg.init_from} learned; use "
@@ -544,29 +478,6 @@ def build_model(cfg, meta, rt):
         model.crop_block_size(cfg.block_size)
     set_dropout(model, cfg.dropout)
     return model, None
-
-
-def require_same_meaning(info, meta, where, resume):
-    """Refuse a starting point whose weights would mean something else on this data: a classifier
-    where a language model is needed, another tokenizer or character vocabulary (the same ids would
-    stand for other characters), and, to resume, another text than the run was training on."""
-    if info.task == "cls":
-        raise UserError(f"{where} is a classifier ({', '.join(info.labels)}), not a language "
-                        "model; give a language model's checkpoint")
-    theirs, ours = info.tokenizer, meta["tokenizer"]
-    if theirs["type"] != ours["type"]:
-        raise UserError(f"{where} was trained with another tokenizer ({theirs['type']}) than the "
-                        f"data's ({ours['type']}); pass --tokenizer={theirs['type']}")
-    if theirs != ours:
-        changed = sorted(set(theirs["chars"]) ^ set(ours["chars"]))
-        raise UserError(f"{where} was trained with another tokenizer: its characters are not this "
-                        f"text's ({len(changed)} differ, e.g. {changed[:5]}); a char-level model "
-                        "can only continue on text with the same characters")
-    source = (info.data or {}).get("source_sha256")
-    if resume and source is not None and source != meta["source_sha256"]:
-        raise UserError(f"cannot resume {where}: the run trained on {info.data.get('source')} and "
-                        f"this text ({meta['source']}) is another one; to continue training on new "
-                        f"text, start a new run with --init_from={Path(where).parent}")
 
 
 def set_dropout(model, p):

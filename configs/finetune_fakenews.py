@@ -9,7 +9,7 @@ init_from = "gpt2"
 out_dir = "out/cls-fakenews"
 
 # Posts are 50 GPT-2 tokens on average; 99% fit in 128, the few longer ones are cut to their first 128.
-max_length = 128
+block_size = 128  # texts are cut to this many tokens
 batch_size = 32  # 6,420 / 32 = 201 steps per epoch
 epochs = 3  # 603 steps
 eval_interval = 100  # and at the end of each epoch

@@ -11,7 +11,7 @@ out_dir = "out/cls-tweets"
 
 # The longest tweet is 100 GPT-2 tokens, the median 17: nothing is cut, and batches of similar length are
 # padded to about their own length, not to 128.
-max_length = 128
+block_size = 128  # texts are cut to this many tokens
 batch_size = 32  # 24,733 training tweets / 32 = 773 steps per epoch
 epochs = 3  # 2,319 steps
 eval_interval = 200  # and at the end of each epoch

@@ -21,7 +21,6 @@ batch_size = 16  # 16 sequences x 128 characters = 2,048 tokens per step; 4.1M t
 
 learning_rate = 2e-3  # small models tolerate a high peak learning rate
 max_iters = 2000
-lr_decay_iters = 2000  # the cosine ends with the run
 min_lr = 2e-4  # learning_rate / 10
 warmup_iters = 100
 beta2 = 0.99  # a little higher than 0.95 because each batch is small

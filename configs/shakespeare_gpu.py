@@ -18,7 +18,6 @@ batch_size = 64  # 64 sequences x 256 tokens = 16,384 tokens per step
 
 learning_rate = 1e-3
 max_iters = 5000
-lr_decay_iters = 5000
 min_lr = 1e-4
 warmup_iters = 100
 beta2 = 0.99  # a little higher than 0.95 because the batches are small

@@ -20,7 +20,7 @@ import finetune
 import runtime
 import sample
 import train
-from config import UserError, parse_config
+from config import UserError
 from conftest import tiny_config
 from hf_import import export_hf
 from model import GPT

@@ -461,3 +461,23 @@ def test_help_lists_every_key():
     for key in ("--lora_rank", "--freeze", "--max_length", "--text_column", "--test_dataset", "--epochs",
                 "--learning_rate", "--gradient_accumulation_steps", "--best_metric", "--patience"):
         assert key in result.stdout
+
+
+def test_two_processes_fine_tune_a_classifier_as_one_does(tmp_path):
+    # From a pretrained body with a new (seeded) head: 2 processes sharing each batch's rows against one
+    # process. The global batch is the same, so the losses agree up to float summation order.
+    save_checkpoint(tmp_path / "lm", GPT(tiny_config(vocab_size=50257, block_size=32)),
+                    {"task": "lm", "tokenizer": {"type": "gpt2"}})
+    common = dict(init_from=tmp_path / "lm", max_iters=4, dropout=0.0, gradient_accumulation_steps=2, batch_size=6)
+    finetune.main(cls_args(tmp_path, "one", **common))
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "finetune.py",
+           *cls_args(tmp_path, "two", **common)]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    losses = lambda run: {r["iter"]: r["loss"] for r in metrics(tmp_path / run) if "loss" in r}
+    assert losses("one").keys() == losses("two").keys() == {1, 2, 3, 4}
+    for k, v in losses("one").items():
+        assert losses("two")[k] == pytest.approx(v, abs=1e-5)
+    assert [r["test_accuracy"] for r in metrics(tmp_path / "two") if "test_accuracy" in r] == \
+           [r["test_accuracy"] for r in metrics(tmp_path / "one") if "test_accuracy" in r]

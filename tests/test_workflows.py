@@ -5,7 +5,6 @@ unconditional samples, and the main example offline."""
 import csv
 import json
 import math
-import signal
 
 import numpy as np
 import pytest
