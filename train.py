@@ -226,10 +226,10 @@ def train_step(t):
         loss += micro_loss.detach() * weight
     if scaler is not None:
         scaler.unscale_(t.optimizer)  # clipping must see the true gradients, not the scaled ones
-    grads = [p.grad for p in t.raw.parameters() if p.grad is not None]
-    grad_norm = torch.nn.utils.get_total_norm(grads)
+    params = [p for p in t.raw.parameters() if p.grad is not None]
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
     if cfg.grad_clip > 0:  # one bad batch must not throw the weights far: cap the update's size
-        torch.nn.utils.clip_grads_with_norm_(grads, cfg.grad_clip, grad_norm)
+        torch.nn.utils.clip_grads_with_norm_(params, cfg.grad_clip, grad_norm)
     stop_if_diverged(t, loss, grad_norm)
     if scaler is not None:
         scaler.step(t.optimizer)  # skipped if the gradients overflowed; the scale is then lowered

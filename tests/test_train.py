@@ -237,3 +237,19 @@ def test_ctrl_c_on_an_evaluation_step_evaluates_after_resume(tmp_path, monkeypat
     train.main(tiny_run(tmp_path, "straight"))
     evals = lambda run: [(r["iter"], r["val_loss"]) for r in metrics(tmp_path / run) if "val_loss" in r]
     assert evals("split") == evals("straight")  # the evaluation at step 4 was made after the resume
+
+
+def test_gradients_are_clipped_before_the_step(tmp_path, monkeypatch):
+    # The norm logged is the one before clipping; the optimizer must only ever see clipped gradients.
+    seen, original = [], torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        seen.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    train.main(tiny_run(tmp_path, grad_clip=0.01, max_iters=3))
+    logged = [row["grad_norm"] for row in metrics(tmp_path / "out") if "grad_norm" in row]
+    assert len(seen) == 3 and all(n <= 0.01 * 1.0001 for n in seen)
+    assert all(n > 0.01 for n in logged)
