@@ -49,6 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1337, help="seed of the --max_samples sample")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--quantize", default="", choices=["", "int8"], help="int8: weight-only int8")
     args = p.parse_args(argv)
     if (args.data is None) == (args.predict is None):
         p.error("give either --data FILE (evaluate) or --predict FILE (predictions)")
@@ -146,7 +147,7 @@ def main(argv=None):
     args = parse_args(argv)
     rt = setup_runtime(args.device, args.dtype)
     model, info = load_model(args.checkpoint, rt.device)
-    model = for_inference(model, rt)
+    model = for_inference(model, rt, args.quantize)
     tokenizer = tokenizer_from_dict(info.tokenizer)
     if args.predict:
         if info.task != "cls":

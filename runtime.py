@@ -248,8 +248,8 @@ def maybe_compile(model, enabled, rt, trial):
     Compile errors only show at the first call, so trial(compiled) makes one, the RNG state kept."""
     if not enabled:
         return model
-    compiled = torch.compile(model)
     try:
+        compiled = torch.compile(model)
         with torch.random.fork_rng(devices=[rt.device] if rt.device_type == "cuda" else []):
             with rt.autocast():
                 trial(compiled)
@@ -322,3 +322,76 @@ class StopRequest:
     def __exit__(self, *exc):
         for s, handler in self.previous.items():
             signal.signal(s, handler)
+
+
+# --------------------------------------------------------------------------------------------------
+# Generation at the speed of memory (sample.py's for_inference)
+
+
+class PackedLinear(torch.nn.Module):
+    """A bf16 nn.Linear for CPU generation, its weight reordered once into oneDNN's blocked layout.
+
+    nn.Linear hands oneDNN the plain (out, in) weight, and oneDNN reorders it at every call; for one
+    token that copy costs as much as the product itself (bf16 decode reached 31% of the
+    memory-bandwidth roofline, 63% with packing and model.explicit_attention's one-query path;
+    README). The two ops are PyTorch's own (torch.ops.mkldnn), but private: pack_for_cpu falls back
+    to plain layers without them."""
+
+    def __init__(self, linear):
+        super().__init__()
+        self.register_buffer("packed", torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1))
+        self.bias = linear.bias
+
+    def forward(self, x):
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+
+def pack_for_cpu(model):
+    """Every nn.Linear of a bf16 model on a CPU as a PackedLinear (in place), where oneDNN can do
+    it; returns whether it did."""
+    ops = torch.ops.mkldnn
+    if not (torch.backends.mkldnn.is_available() and hasattr(ops, "_reorder_linear_weight")
+            and hasattr(ops, "_linear_pointwise")):
+        return False
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                setattr(module, name, PackedLinear(child))
+    return True
+
+
+class RowDotLinear(torch.nn.Module):
+    """For a compiled decode: one row x times W as elementwise products summed along each row of W,
+    a loop that torch.compile (inductor) turns into one pass over the weights at memory speed, where
+    MKL's matrix-vector product reads them at half that on CPUs it does not tune for (AMD's: 16
+    against 38 GB/s; README). Several rows (the prompt) still go through the ordinary product."""
+
+    def __init__(self, linear):
+        super().__init__()
+        self.weight, self.bias = linear.weight, linear.bias
+
+    def forward(self, x):
+        if x.shape[:-1].numel() != 1:
+            return torch.nn.functional.linear(x, self.weight, self.bias)
+        y = (self.weight * x.unsqueeze(-2)).sum(-1)  # (..., 1, in) * (out, in) -> (..., out)
+        return y if self.bias is None else y + self.bias
+
+
+def compile_for_decode(model, rt):
+    """model with RowDotLinear layers and a compiled forward, or model unchanged (one-line warning)
+    if compiling fails. Worth it for long generations: compiling takes 20-40 s on a 2-core CPU."""
+    import torch._inductor.config as inductor
+
+    # Without this, inductor recomputes each LayerNorm inside the matrix-vector loop that reads it.
+    inductor.realize_reads_threshold = 1
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                setattr(module, name, RowDotLinear(child))
+
+    def trial(compiled):
+        idx = torch.zeros(1, 2, dtype=torch.long, device=rt.device)
+        with torch.no_grad():
+            compiled(idx)
+
+    return maybe_compile(model, True, rt, trial)

@@ -24,7 +24,8 @@ from config import UserError, run_main
 from data import tokenizer_from_dict
 from evaluation import classify_texts
 from model import KVCache
-from runtime import setup_runtime
+from quantize import quantize_int8
+from runtime import compile_for_decode, pack_for_cpu, setup_runtime
 
 # --------------------------------------------------------------------------------------------------
 # Generation
@@ -130,8 +131,11 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1337, help="random seed (same seed, same samples)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
-    p.add_argument("--no_kv_cache", action="store_true", help="recompute the whole context every "
-                                                              "step")
+    p.add_argument("--no_kv_cache", action="store_true", help="recompute the whole context every step")
+    p.add_argument("--quantize", default="", choices=["", "int8"],
+                   help="int8: weight-only int8 weights (quantize.py), half the bytes of bf16")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the decode step (20-40 s at first; pays off for long generations)")
     p.add_argument("--text", action="append", default=[],
                    help="classifier checkpoints: a text to classify (repeatable)")
     p.add_argument("--file", help="classifier checkpoints: a file with one text per line (for "
@@ -193,21 +197,30 @@ def generate_text(model, tokenizer, prompt, args, rt):
     return texts
 
 
-def for_inference(model, rt):
-    """The model in eval mode, its weights converted once to the run's precision.
+def for_inference(model, rt, quantize="", compile=False):
+    """The model ready to generate, in eval mode.
 
-    Generating a token reads every weight from memory once, so that is what its speed depends on:
-    bf16 weights halve it (README, "Sampling speed"). Autocast would instead convert the float32
-    weights again at every step."""
+    Generating a token reads every weight from memory once, so its speed is the bytes of the weights
+    over the memory's bandwidth (README, "Sampling speed"). So the weights are converted once to the
+    run's precision (bf16 halves the bytes; autocast would convert them again at every step), or to
+    int8 (quantize.py: half again); on a CPU in bf16 they are also laid out once the way oneDNN reads
+    them (runtime.pack_for_cpu). compile: a compiled decode step (runtime.compile_for_decode)."""
     model.eval()
+    if quantize == "int8":
+        quantize_int8(model)  # from the float32 weights, before anything rounds them
     if rt.dtype != "float32":
         model.to(getattr(torch, rt.dtype))
+    if compile:
+        return compile_for_decode(model, rt)
+    if rt.device_type == "cpu" and rt.dtype == "bfloat16" and quantize != "int8":
+        pack_for_cpu(model)
     return model
 
 
-def load(path, rt):
+def load(path, rt, quantize="", compile=False):
     model, info = load_model(path, rt.device)
-    return for_inference(model, rt), tokenizer_from_dict(info.tokenizer), info
+    model = for_inference(model, rt, quantize, compile)
+    return model, tokenizer_from_dict(info.tokenizer), info
 
 
 def main(argv=None):
@@ -218,7 +231,7 @@ def main(argv=None):
     if args.compare:
         prompt = read_prompt(args.start)
         for path in args.compare:
-            model, tokenizer, info = load(path, rt)
+            model, tokenizer, info = load(path, rt, args.quantize, args.compile)
             if info.task == "cls":
                 raise UserError(f"{path} is a classifier; --compare needs language models")
             print(f"==================== {path}")
@@ -227,7 +240,7 @@ def main(argv=None):
                 print("--------------------")
         return
 
-    model, tokenizer, info = load(args.out_dir, rt)
+    model, tokenizer, info = load(args.out_dir, rt, args.quantize, args.compile)
     if info.task == "cls":
         texts = list(args.text)
         if args.file:

@@ -1,0 +1,92 @@
+"""Generation's fast paths: int8 weights (quantize.py), oneDNN-packed bf16 layers, a compiled decode."""
+
+import pytest
+import torch
+
+import runtime
+import sample
+import train
+from checkpoint import load_model
+from conftest import tiny_config
+from data import read_text, tokenizer_from_dict
+from evaluate import language_model_loss
+from model import GPT
+from quantize import Int8Linear, quantize_int8, quantize_rows
+from runtime import setup_runtime
+from test_train import tiny_run
+
+
+def test_int8_rows_are_within_half_a_step_and_the_product_factors_the_scale():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(32, 24)
+    linear.weight.data[3] *= 50  # one large row: per-row scales keep the others precise
+    q, scale = quantize_rows(linear.weight)
+    assert q.dtype == torch.int8 and q.abs().max() <= 127
+    error = (linear.weight - scale[:, None] * q.float()).abs()
+    assert (error <= scale[:, None] / 2 + 1e-7).all()
+    x = torch.randn(5, 7, 32)
+    dequantized = torch.nn.functional.linear(x, scale[:, None] * q.float(), linear.bias)
+    torch.testing.assert_close(Int8Linear(linear)(x), dequantized, atol=1e-5, rtol=1e-5)
+
+
+def test_the_fused_int8_kernel_agrees_with_the_reference_form():
+    torch.manual_seed(0)
+    int8 = Int8Linear(torch.nn.Linear(64, 48)).to(torch.bfloat16)
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    assert int8.fused_kernel_applies(x)
+    reference = (x.float() @ int8.qweight.float().t()) * int8.scale.float() + int8.bias.float()
+    torch.testing.assert_close(int8(x).float(), reference, atol=0.05, rtol=0.02)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small character-level model trained for a few hundred steps: (checkpoint, held-out text)."""
+    tmp = tmp_path_factory.mktemp("trained")
+    train.main(tiny_run(tmp, n_layer=2, n_embd=64, block_size=64, batch_size=16, dropout=0.0,
+                        max_iters=300, lr_decay_iters=300, eval_interval=300, learning_rate=3e-3))
+    return tmp / "out", (tmp / "text.txt").read_text()[-3000:]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_int8_perplexity_is_within_one_percent(trained, dtype):
+    checkpoint, text = trained
+    perplexity = {}
+    for quantize in ("", "int8"):
+        model, info = load_model(checkpoint)
+        model = sample.for_inference(model, setup_runtime("cpu", dtype), quantize)
+        ids = tokenizer_from_dict(info.tokenizer).encode(text)
+        perplexity[quantize] = torch.tensor(language_model_loss(model, ids, 8, "cpu")[0]).exp().item()
+    assert perplexity[""] < 3  # it learned: these are not random weights
+    assert abs(perplexity["int8"] / perplexity[""] - 1) < 0.01
+
+
+def test_packed_bf16_layers_compute_what_plain_ones_do():
+    model = GPT(tiny_config()).eval().to(torch.bfloat16)
+    idx = torch.randint(0, 37, (2, 9))
+    with torch.no_grad():
+        plain, _ = model(idx, targets=idx)
+        if not runtime.pack_for_cpu(model):
+            pytest.skip("this PyTorch has no oneDNN linear packing")
+        assert any(isinstance(m, runtime.PackedLinear) for m in model.modules())
+        packed, _ = model(idx, targets=idx)
+    torch.testing.assert_close(packed.float(), plain.float(), atol=0.02, rtol=0.01)
+
+
+def test_sample_and_classify_with_int8_weights(trained, capsys):
+    checkpoint, _ = trained
+    sample.main(["--out_dir", str(checkpoint), "--quantize", "int8", "--start", "the ", "--max_new_tokens",
+                 "20", "--temperature", "0", "--device", "cpu", "--dtype", "bfloat16"])
+    assert capsys.readouterr().out.startswith("the ")
+
+
+def test_a_decode_that_fails_to_compile_falls_back_to_eager(monkeypatch, capsys):
+    def failing(model, *args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", failing)
+    model = GPT(tiny_config()).eval()
+    prompt = torch.zeros(1, 3, dtype=torch.long)
+    expected = sample.generate(model, prompt, 5, temperature=0)
+    fast = runtime.compile_for_decode(model, setup_runtime("cpu", "float32"))
+    assert "torch.compile failed (RuntimeError: no C++ compiler); running eager" in capsys.readouterr().out
+    assert torch.equal(sample.generate(fast, prompt, 5, temperature=0), expected)  # row-dot layers
