@@ -1,16 +1,16 @@
 """
 Speed, measured against what the machine can do (the tests never time anything; this does).
 
-    python bench.py machine                      # the peaks: matmul GFLOP/s (fp32, bf16), read GB/s
-    python bench.py sample                       # GPT-2 124M greedy decode: tokens/s and % of roofline
-    python bench.py train configs/shakespeare.py --max_iters=300     # train.py's loop: tokens/s, MFU
-    python bench.py quality out/shakespeare --data input.txt          # perplexity, float vs int8
-    python bench.py race "python train.py A.py --out_dir=out/a" "python train.py B.py --out_dir=out/b"
+    python bench.py machine                 # the peaks: matmul GFLOP/s (fp32, bf16), read GB/s
+    python bench.py sample                  # GPT-2 124M greedy decode: tokens/s, % of roofline
+    python bench.py train configs/shakespeare.py --max_iters=300       # train.py's loop: MFU
+    python bench.py quality out/shakespeare --data held_out.txt       # perplexity, float vs int8
+    python bench.py race "python train.py a.py --out_dir=a" "python train.py b.py --out_dir=b"
 
-Every command takes --threads N (default: PyTorch's, usually the number of cores) and --rounds R: each
-figure is the median over R rounds with its range, the variants of a round interleaved (A, B, A, B...)
-so that a machine whose speed drifts treats them alike. Each one prints the thread count and the
-machine's peak measured in the same process, and the fraction of it reached:
+Every command takes --threads N (default: PyTorch's, usually the number of cores) and --rounds R:
+each figure is the median over R rounds with its range, the variants of a round interleaved (A, B,
+A, B...) so that a machine whose speed drifts treats them alike. Each prints the thread count and
+the machine's peak measured in the same process, and the fraction of it reached:
 
 - decode reads every weight once per token, so its limit is the read bandwidth over the bytes per
   token (the roofline);
@@ -40,7 +40,8 @@ from train import LanguageModelling, TrainConfig, build_model, train_loop
 
 def median_range(values, fmt="{:.1f}"):
     """'12.3 [11.9-12.8]': the median and the range of a list of measurements."""
-    return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
+    low, mid, high = (fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
+    return f"{mid} [{low}-{high}]"
 
 
 def interleaved(work, rounds):
@@ -68,7 +69,8 @@ def sync(device):
 
 def matmul_flops(device, dtype, n=2048, repeats=5):
     """FLOP/s of an n x n matmul: the practical peak that a CPU's MFU is measured against."""
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     sync(device)
     start = time.perf_counter()
@@ -113,14 +115,15 @@ def bench_machine(args):
 
 
 def bytes_per_token(model, context):
-    """The bytes one generated token reads: every weight of every layer once (the head included), one
-    row of each embedding table, and the KV cache of `context` earlier positions."""
+    """The bytes one generated token reads: every weight of every layer once (the head included),
+    one row of each embedding table, and the KV cache of `context` earlier positions."""
     total = 0
     for module in model.modules():
         if isinstance(module, torch.nn.Embedding):
             total += module.weight[0].nbytes  # one row is looked up
         elif not list(module.children()):  # a leaf layer: it reads all its tensors
-            total += sum(t.nbytes for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)])
+            tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+            total += sum(t.nbytes for t in tensors)
     cfg = model.config
     element = next(t for t in model.parameters() if t.is_floating_point()).element_size()
     return total + 2 * cfg.n_layer * context * cfg.n_embd * element  # keys and values, every layer
@@ -141,7 +144,7 @@ def bench_sample(args):
     models, outputs, work = {}, {}, {}
     for name in args.variants:
         dtype, quantize, compile = VARIANTS[name]
-        torch.manual_seed(0)  # the same random weights for every variant: speed does not depend on them
+        torch.manual_seed(0)  # the same random weights for every variant (speed ignores them)
         variant_rt = setup_runtime(args.device, dtype)
         start = time.perf_counter()
         models[name] = for_inference(GPT(GPTConfig()).to(rt.device), variant_rt, quantize, compile)
@@ -161,7 +164,8 @@ def bench_sample(args):
     bandwidth = [reader.big.nbytes / t for t in times.pop("bandwidth")]
     context = args.prompt_tokens + args.new_tokens / 2  # the average length of the KV cache
     print(f"decode, GPT-2 124M shape, batch 1, greedy, {args.new_tokens} new tokens after "
-          f"{args.prompt_tokens}; {rt.device}, {torch.get_num_threads()} threads, {args.rounds} rounds")
+          f"{args.prompt_tokens}; {rt.device}, {torch.get_num_threads()} threads, "
+          f"{args.rounds} rounds")
     print(f"  read bandwidth in the same rounds: {median_range([b / 1e9 for b in bandwidth])} GB/s")
     reference = {"float32": "fp32", "bfloat16": "bf16"}
     for name, seconds in times.items():
@@ -172,9 +176,10 @@ def bench_sample(args):
         same = reference[VARIANTS[name][0]]
         agree = ""
         if same in outputs and same != name:
-            agree = f"; greedy tokens equal to {same}'s: {torch.equal(outputs[name], outputs[same])}"
-        print(f"  {name:14} {median_range(tokens_per_s)} tokens/s | {per_token / 1e6:.0f} MB a token | "
-              f"roofline {statistics.median(roofline):.0f} tokens/s | "
+            agree = torch.equal(outputs[name], outputs[same])
+            agree = f"; greedy tokens equal to {same}'s: {agree}"
+        print(f"  {name:14} {median_range(tokens_per_s)} tokens/s | {per_token / 1e6:.0f} MB a "
+              f"token | roofline {statistics.median(roofline):.0f} tokens/s | "
               f"{median_range(fraction, '{:.0f}')} % of it{agree}")
 
 
@@ -191,8 +196,8 @@ def bench_train(args, overrides):
     speeds, mfus, ms = [], [], []
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory() as tmp:
-            run = TrainConfig(**{**cfg.__dict__, "out_dir": tmp, "eval_iters": 1, "init_from": "scratch",
-                                 "eval_interval": cfg.max_iters + 1,
+            run = TrainConfig(**{**cfg.__dict__, "out_dir": tmp, "eval_iters": 1,
+                                 "init_from": "scratch", "eval_interval": cfg.max_iters + 1,
                                  "log_interval": max(1, cfg.max_iters // 6),
                                  "peak_flops": statistics.median(peak)})
             model, _ = build_model(run, meta, rt)
@@ -201,7 +206,8 @@ def bench_train(args, overrides):
             with RunDirectory(tmp) as run_dir:
                 run_dir.open()
                 train_loop(run, rt, model, objective, run_dir)
-            rows = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+            lines = (Path(tmp) / "metrics.jsonl").read_text().splitlines()
+            rows = [json.loads(line) for line in lines]
         steps = [r for r in rows if "tokens_per_s" in r][1:]  # the first window includes warm-up
         speeds.append(statistics.median(r["tokens_per_s"] for r in steps))
         ms.append(statistics.median(r["ms_per_iter"] for r in steps))
@@ -221,7 +227,8 @@ def bench_quality(args):
     from checkpoint import load_model
 
     _, info = load_model(args.checkpoint)
-    ids = tokenizer_from_dict(info.tokenizer).encode(read_text(args.data))[: args.max_tokens or None]
+    ids = tokenizer_from_dict(info.tokenizer).encode(read_text(args.data))
+    ids = ids[: args.max_tokens or None]
     results = {}
     for dtype in ("float32", "bfloat16"):
         for quantize in ("", "int8"):
@@ -246,7 +253,7 @@ def out_dir_of(command):
 
 
 def final_val_loss(command):
-    """The last val_loss that a train.py / finetune.py command wrote to its out_dir's metrics.jsonl."""
+    """The last val_loss that a train.py / finetune.py command wrote to its metrics.jsonl."""
     rows = (Path(out_dir_of(command)) / "metrics.jsonl").read_text().splitlines()
     return [r["val_loss"] for r in map(json.loads, rows) if "val_loss" in r][-1]
 
@@ -263,27 +270,31 @@ def bench_race(args):
             subprocess.run(command, shell=True, check=True, stdout=subprocess.DEVNULL)
             walls[command].append(time.perf_counter() - start)
             losses[command].append(final_val_loss(command))
-    print(f"wall time of whole commands (data preparation included), {args.rounds} rounds, interleaved")
+    print(f"wall time of whole commands (data preparation included), {args.rounds} rounds, "
+          "interleaved")
     first = args.commands[0]
     for command in args.commands:
         ratio = [b / a for a, b in zip(walls[first], walls[command])]
-        print(f"  {median_range(walls[command])} s, final val_loss {median_range(losses[command], '{:.4f}')}"
-              f", {median_range(ratio, '{:.2f}')}x the first's time: {command}")
+        loss = median_range(losses[command], "{:.4f}")
+        print(f"  {median_range(walls[command])} s, final val_loss {loss}, "
+              f"{median_range(ratio, '{:.2f}')}x the first's time: {command}")
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["machine", "sample", "train", "quality", "race"])
     p.add_argument("--threads", type=int, default=0, help="PyTorch threads (0: PyTorch's default)")
     p.add_argument("--rounds", type=int, default=5, help="measurements per figure")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--variants", nargs="+", default=["fp32", "bf16", "int8"], choices=list(VARIANTS),
-                   help="sample: what to compare")
+    p.add_argument("--variants", nargs="+", default=["fp32", "bf16", "int8"],
+                   choices=list(VARIANTS), help="sample: what to compare")
     p.add_argument("--prompt_tokens", type=int, default=16)
     p.add_argument("--new_tokens", type=int, default=128)
     p.add_argument("checkpoint", nargs="?", help="quality: a language model's run or checkpoint")
     p.add_argument("--data", help="quality: a text file (held out from training)")
-    p.add_argument("--max_tokens", type=int, default=0, help="quality: use the first N tokens (0: all)")
+    p.add_argument("--max_tokens", type=int, default=0,
+                   help="quality: use the first N tokens (0: all)")
     args, rest = p.parse_known_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

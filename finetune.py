@@ -23,6 +23,7 @@ Both can train less than the whole model (lora.py): the last blocks only (--free
 import contextlib
 import io
 import math
+import sys
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -251,8 +252,7 @@ def run_classification(cfg):
 
         def load():
             # each rank loads the data (from rank 0's cache); one of them says what it found
-            quiet = contextlib.redirect_stdout(None if rt.is_main else io.StringIO())
-            with quiet:
+            with contextlib.redirect_stdout(sys.stdout if rt.is_main else io.StringIO()):
                 return load_classification_data(
                     cfg.dataset, tokenizer, cfg.data_dir, val_dataset=cfg.val_dataset,
                     test_dataset=cfg.test_dataset, text_column=cfg.text_column,

@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import sys
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -248,6 +249,8 @@ def maybe_compile(model, enabled, rt, trial):
     Compile errors only show at the first call, so trial(compiled) makes one, the RNG state kept."""
     if not enabled:
         return model
+    # Dynamo traces through functools.lru_cache (model.causal_mask): what we want, but it warns.
+    warnings.filterwarnings("ignore", message=".*functools.lru_cache.*-wrapped function")
     try:
         compiled = torch.compile(model)
         with torch.random.fork_rng(devices=[rt.device] if rt.device_type == "cuda" else []):
@@ -339,7 +342,8 @@ class PackedLinear(torch.nn.Module):
 
     def __init__(self, linear):
         super().__init__()
-        self.register_buffer("packed", torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1))
+        packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1)
+        self.register_buffer("packed", packed)
         self.bias = linear.bias
 
     def forward(self, x):

@@ -131,7 +131,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1337, help="random seed (same seed, same samples)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
-    p.add_argument("--no_kv_cache", action="store_true", help="recompute the whole context every step")
+    p.add_argument("--no_kv_cache", action="store_true",
+                   help="recompute the whole context at every step")
     p.add_argument("--quantize", default="", choices=["", "int8"],
                    help="int8: weight-only int8 weights (quantize.py), half the bytes of bf16")
     p.add_argument("--compile", action="store_true",
@@ -202,9 +203,9 @@ def for_inference(model, rt, quantize="", compile=False):
 
     Generating a token reads every weight from memory once, so its speed is the bytes of the weights
     over the memory's bandwidth (README, "Sampling speed"). So the weights are converted once to the
-    run's precision (bf16 halves the bytes; autocast would convert them again at every step), or to
-    int8 (quantize.py: half again); on a CPU in bf16 they are also laid out once the way oneDNN reads
-    them (runtime.pack_for_cpu). compile: a compiled decode step (runtime.compile_for_decode)."""
+    run's precision (bf16 halves the bytes; autocast would convert them again at every step), or
+    to int8 (quantize.py: half again); on a CPU in bf16 they are also laid out once the way oneDNN
+    reads them (runtime.pack_for_cpu). compile: a compiled decode step (compile_for_decode)."""
     model.eval()
     if quantize == "int8":
         quantize_int8(model)  # from the float32 weights, before anything rounds them

@@ -153,6 +153,7 @@ def test_tiny_model_learns_a_separable_task(tmp_path, capsys):
     run = tmp_path / "out"
     out = capsys.readouterr().out
     assert "majority baseline (always '" in out and "true/predicted" in out
+    assert "train: 269 examples (animal " in out  # what the data is, said before training
     rows = metrics(run)
     evals = [r for r in rows if "val_accuracy" in r]
     assert {"val_loss", "val_accuracy", "val_macro_f1", "val_per_class", "val_confusion", "epoch"} <= set(evals[-1])

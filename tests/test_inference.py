@@ -8,10 +8,10 @@ import sample
 import train
 from checkpoint import load_model
 from conftest import tiny_config
-from data import read_text, tokenizer_from_dict
+from data import tokenizer_from_dict
 from evaluate import language_model_loss
 from model import GPT
-from quantize import Int8Linear, quantize_int8, quantize_rows
+from quantize import Int8Linear, quantize_rows
 from runtime import setup_runtime
 from test_train import tiny_run
 
