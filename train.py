@@ -51,8 +51,8 @@ class TrainConfig:
     # the loop
     max_iters: int = setting("optimizer steps in total", 5000, ">= 0")
     eval_interval: int = setting("evaluate and write last/ every this many steps", 250, ">= 1")
-    eval_iters: int = setting("batches per split in an evaluation (a fixed, seeded "
-                              "set)", 50, ">= 1")
+    eval_iters: int = setting("batches per split in an evaluation (a fixed, seeded set)", 50,
+                              ">= 1")
     log_interval: int = setting("print a progress line every this many steps", 10, ">= 1")
     batch_size: int = setting("sequences per micro-batch, all processes together", 32, ">= 1")
     gradient_accumulation_steps: int = setting("micro-batches per optimizer step", 1, ">= 1")
@@ -77,10 +77,9 @@ class TrainConfig:
     device: str = setting("auto | cpu | cuda | cuda:N | mps", "auto")
     dtype: str = setting("autocast precision", "auto", ("auto", "float32", "bfloat16", "float16"))
     compile: bool = setting("torch.compile the model (falls back to eager if it fails)", False)
-    seed: int = setting("seed for init, batches and dropout", 1337, "[0, 9223372036854775000]")
-    peak_flops: float = setting("peak FLOP/s of the device for MFU (0: the device's own if "
-                                "known)", 0.0,
-                                ">= 0")
+    seed: int = setting("seed for init, batches and dropout", 1337, "[0, 9223372036854775807]")
+    peak_flops: float = setting("peak FLOP/s of the device for MFU (0: the device's own if known)",
+                                0.0, ">= 0")
 
     FOLLOWS = {"lr_decay_iters": "max_iters"}  # see config.parse_config
 
@@ -123,9 +122,8 @@ class Objective:
     """What the loop trains for and how it measures it: its only contact with the data.
     LanguageModelling below; Classification in finetune.py.
 
-    next_step() -> ([(batch, items)], total): this process's micro-batches for the next optimizer
-    step,
-        each with the number of items (tokens, texts) its loss is a mean over, and the items of the
+    next_step() -> ([(batch, items)], total): this process's micro-batches for the next step, each
+        with the number of items (tokens, texts) its loss is a mean over, and the items of the
         whole step over all processes
     loss(model, batch) -> the mean loss of a micro-batch
     evaluate(model) -> {metric: value}, holding best_metric
@@ -200,7 +198,8 @@ class Diverged(UserError):
 
 
 def train_step(t):
-    """One optimizer step. Returns (mean loss over the step's batch, gradient norm before clipping).
+    """One optimizer step. Returns the mean loss over the step's batch, the gradient norm before
+    clipping and the learning rate.
 
     Gradient accumulation: backward() adds into .grad, so the micro-batches run one after another
     and their gradients sum. Each micro-batch's loss is a mean over its items, so it is weighted by
