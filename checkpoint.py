@@ -119,6 +119,17 @@ def remove(path):
         shutil.rmtree(path)
 
 
+def usual_permissions(directory):
+    """Give every file in `directory` the mode a new file usually gets (0666 less the umask).
+    safetensors creates its files readable by their owner only, which surprises whoever shares a
+    checkpoint with another user."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in directory.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
 def write_directory(directory, fill):
     """Create `directory` atomically with fill(tmp), which writes its files into tmp.
 
@@ -135,6 +146,7 @@ def write_directory(directory, fill):
         tmp.mkdir()
         try:
             fill(tmp)
+            usual_permissions(tmp)
         except BaseException:
             remove(tmp)
             raise

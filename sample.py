@@ -136,7 +136,7 @@ def parse_args(argv=None):
     p.add_argument("--quantize", default="", choices=["", "int8"],
                    help="int8: weight-only int8 weights (quantize.py), half the bytes of bf16")
     p.add_argument("--compile", action="store_true",
-                   help="compile the decode step (20-40 s at first; pays off for long generations)")
+                   help="compile the decode step (10-40 s; on a CPU it helps float32, not bf16)")
     p.add_argument("--text", action="append", default=[],
                    help="classifier checkpoints: a text to classify (repeatable)")
     p.add_argument("--file", help="classifier checkpoints: a file with one text per line (for "

@@ -1,9 +1,11 @@
-# A character-level GPT on Tiny Shakespeare in about half a minute: nanoGPT's CPU result (val 1.88) sooner.
+# A character-level GPT on Tiny Shakespeare in about half a minute: nanoGPT's CPU result (val 1.88)
+# sooner.
 #   python train.py configs/shakespeare_quick.py
-# On the 2-core reference CPU it ends at val 1.867 in about 30 s, data preparation included (README).
-# The choices, from a sweep of short runs (README, "Training speed"): a small model (128 wide) runs 1.6x
-# more tokens per second than configs/shakespeare.py's 192; short windows (64 characters) in larger
-# batches (32) learned faster per step than 128 x 16; the peak learning rate is as high as stays stable.
+# On the 2-core reference CPU it ends at val 1.867 in about 30 s, data preparation included
+# (README). The choices, from a sweep of short runs (README, "Training speed"): a small model (128
+# wide) gets to 1.88 sooner than wider ones, which learn more per step but take longer per step;
+# short windows (64 characters) in larger batches (32) learned faster per step than 128 x 16; the
+# peak learning rate is as high as stays stable.
 out_dir = "out/shakespeare_quick"
 dataset = "shakespeare"
 tokenizer = "char"
@@ -17,7 +19,7 @@ n_head = 4
 n_embd = 128  # 0.8M parameters
 dropout = 0.0
 block_size = 64
-batch_size = 32  # 32 x 64 = 2,048 tokens per step; 1.4M tokens in the run (1.4 passes over the text)
+batch_size = 32  # 32 x 64 = 2,048 tokens per step; 1.4M tokens in the run, 1.4 passes
 
 learning_rate = 4e-3
 max_iters = 700

@@ -172,6 +172,17 @@ def test_a_checkpoint_without_sums_still_loads(tmp_path):
     checkpoint.load_model(tmp_path / "out" / "best")
 
 
+def test_checkpoint_files_get_the_usual_permissions(tmp_path):
+    # safetensors creates its file as 0600; a checkpoint shared with a colleague must be readable
+    umask = os.umask(0o022)
+    try:
+        info = {"task": "lm", "tokenizer": {"type": "gpt2"}}
+        checkpoint.save_checkpoint(tmp_path / "c", GPT(tiny_config()), info)
+    finally:
+        os.umask(umask)
+    assert {oct(p.stat().st_mode & 0o777) for p in (tmp_path / "c").iterdir()} == {"0o644"}
+
+
 def test_a_train_state_without_its_optimizer_is_refused(tmp_path):
     train.main(tiny_run(tmp_path, max_iters=2))
     last = tmp_path / "out" / "last"
