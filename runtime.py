@@ -336,7 +336,7 @@ class PackedLinear(torch.nn.Module):
 
     nn.Linear hands oneDNN the plain (out, in) weight, and oneDNN reorders it at every call; for one
     token that copy costs as much as the product itself (bf16 decode reached 31% of the
-    memory-bandwidth roofline, 63% with packing and model.explicit_attention's one-query path;
+    memory-bandwidth roofline, 59-70% with packing and model.explicit_attention's one-query path;
     README). The two ops are PyTorch's own (torch.ops.mkldnn), but private: pack_for_cpu falls back
     to plain layers without them."""
 
