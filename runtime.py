@@ -251,6 +251,12 @@ def maybe_compile(model, enabled, rt, trial):
         return model
     # Dynamo traces through functools.lru_cache (model.causal_mask): what we want, but it warns.
     warnings.filterwarnings("ignore", message=".*functools.lru_cache.*-wrapped function")
+    if rt.device_type == "cpu":
+        # On CPU, inductor writes the token embedding's gradient as a parallel scatter with atomic
+        # adds: with two threads or more the order of the additions, and so the last bits of the
+        # weights, change from run to run, and a resumed run stops being bit-identical to one never
+        # stopped. In deterministic mode inductor keeps an ordered kernel (measured: no slower).
+        torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         compiled = torch.compile(model)
         with torch.random.fork_rng(devices=[rt.device] if rt.device_type == "cuda" else []):

@@ -291,6 +291,22 @@ def test_the_same_command_gives_the_same_weights(tmp_path):
     assert same_weights(tmp_path / "one" / "last", tmp_path / "two" / "last")
 
 
+def test_compiled_training_on_two_threads_gives_the_same_weights(tmp_path):
+    # inductor's CPU kernel for the embedding's gradient adds with atomics unless in deterministic
+    # mode (runtime.maybe_compile); two threads and many repeats of few tokens make it show
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for out in ("one", "two"):
+            train.main(tiny_run(tmp_path, out, compile=True, dropout=0.0, dtype="bfloat16",
+                                n_embd=64, block_size=64, batch_size=16, max_iters=6))
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(False)
+    assert same_weights(tmp_path / "one" / "last", tmp_path / "two" / "last")
+
+
 def test_float16_with_a_grad_scaler_skips_overflowing_steps_and_resumes_exactly(tmp_path, monkeypatch):
     # float16 is what GPUs without bf16 (older CUDA cards, Apple GPUs) train in; torch runs the same
     # autocast and GradScaler on a CPU. A huge initial scale makes the first step overflow.
