@@ -20,6 +20,7 @@ the machine's peak measured in the same process, and the fraction of it reached:
 import argparse
 import json
 import shlex
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from checkpoint import load_model
 from config import parse_config, run_main
 from data import prepare_lm_data, read_text, tokenizer_from_dict
 from evaluate import language_model_loss
@@ -224,8 +226,6 @@ def bench_train(args, overrides):
 
 
 def bench_quality(args):
-    from checkpoint import load_model
-
     _, info = load_model(args.checkpoint)
     ids = tokenizer_from_dict(info.tokenizer).encode(read_text(args.data))
     ids = ids[: args.max_tokens or None]
@@ -259,8 +259,6 @@ def final_val_loss(command):
 
 
 def bench_race(args):
-    import shutil
-
     walls = {c: [] for c in args.commands}
     losses = {c: [] for c in args.commands}
     for _ in range(args.rounds):

@@ -126,8 +126,8 @@ def convert(text, expected, key):
             raise ValueError
         return expected(text)
     except ValueError:
-        kind = {bool: "true or "
-                      "false", int: "an integer", float: "a number"}.get(expected, "a string")
+        kinds = {bool: "true or false", int: "an integer", float: "a number"}
+        kind = kinds.get(expected, "a string")
         print(f"error: --{key} must be {kind}, not '{text}'", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -42,8 +42,8 @@ def parse_args(argv=None):
                                  "also write the metrics to this JSON file")
     p.add_argument("--text_column", default="", help="the text column(s) (empty: guessed)")
     p.add_argument("--label_column", default="", help="the label column (empty: guessed)")
-    p.add_argument("--max_samples", type=int, default=0, help="--data: a stratified sample (0: "
-                                                              "all)")
+    p.add_argument("--max_samples", type=int, default=0,
+                   help="--data: a stratified sample (0: all)")
     p.add_argument("--batch_size", type=int, default=32, help="texts (or windows) per batch")
     p.add_argument("--data_dir", default="data", help="where tokenized tables are cached")
     p.add_argument("--seed", type=int, default=1337, help="seed of the --max_samples sample")

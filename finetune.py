@@ -46,15 +46,15 @@ from train import Objective, TrainConfig, run, set_dropout, train_loop
 @dataclass
 class FinetuneConfig(TrainConfig):
     # TrainConfig's settings with defaults for fine-tuning a pretrained model (same order)
-    out_dir: str = setting("run directory: last/ and best/ checkpoints, "
-                           "metrics.jsonl", "out/finetune")
+    out_dir: str = setting("run directory: last/ and best/ checkpoints, metrics.jsonl",
+                           "out/finetune")
     init_from: str = setting("a GPT-2 name (gpt2, gpt2-medium...; imported on first use) | a "
                              "checkpoint or run directory | scratch (shaped by "
                              "n_layer/n_head/n_embd) | resume",
                              "gpt2")
     dataset: str = setting("cls: tweet_sentiment | imdb | fake_news (downloaded once) or a "
-                           ".csv/.tsv/.jsonl file (.gz too); gen: a UTF-8 .txt "
-                           "file", "tweet_sentiment")
+                           ".csv/.tsv/.jsonl file (.gz too); gen: a UTF-8 .txt file",
+                           "tweet_sentiment")
     tokenizer: str = setting("the tokenizer (cls always uses gpt2; gen from scratch may use char)",
                              "gpt2", ("char", "gpt2"))
     max_iters: int = setting("optimizer steps in total (0: as many as --epochs take)", 0, ">= 0")
@@ -73,34 +73,31 @@ class FinetuneConfig(TrainConfig):
     task: str = setting("cls: text classification | gen: language modelling on a text, as train.py",
                         "cls", ("cls", "gen"))
     epochs: float = setting("passes over the training data, when max_iters is 0 (fractions "
-                            "allowed)",
-                            3.0, "> 0")
+                            "allowed)", 3.0, "> 0")
     freeze: int = setting("train only ln_f and the last N blocks (and a classifier's head); -1: "
                           "train everything", -1, ">= -1")
-    lora_rank: int = setting("LoRA of this rank on the attention and MLP projections (0: "
-                             "off)", 0, ">= 0")
-    lora_alpha: float = setting("LoRA scale numerator: the update is (lora_alpha / lora_rank) B "
-                                "A", 16.0,
-                                "> 0")
+    lora_rank: int = setting("LoRA of this rank on the attention and MLP projections (0: off)",
+                             0, ">= 0")
+    lora_alpha: float = setting("LoRA scale numerator: the update is (lora_alpha / lora_rank) "
+                                "B A", 16.0, "> 0")
     text_column: str = setting("cls: the text column; several are joined, e.g. title,text (empty: "
                                "guessed)", "")
     label_column: str = setting("cls: the label column, names or integers (empty: guessed)", "")
     val_dataset: str = setting("cls: a validation file (empty: the dataset's own, else "
                                "val_fraction of train)", "")
-    test_dataset: str = setting("cls: a test file (empty: the dataset's own, else val_fraction of "
-                                "train)",
-                                "")
+    test_dataset: str = setting("cls: a test file (empty: the dataset's own, else val_fraction "
+                                "of train)", "")
     val_fraction: float = setting("cls: share of each label carved out of train for a missing val "
                                   "or test split", 0.1, "(0, 0.5)")
     truncation: str = setting("cls: which tokens of a text longer than block_size are kept",
                               "head", TRUNCATIONS)
     drop_leaked: bool = setting("cls: drop training texts that duplicate a val or test text", False)
-    max_train_samples: int = setting("cls: train on a stratified sample of this many (0: "
-                                     "all)", 0, ">= 0")
+    max_train_samples: int = setting("cls: train on a stratified sample of this many (0: all)",
+                                     0, ">= 0")
     max_val_samples: int = setting("cls: validate on a stratified sample of this many (0: all)", 0,
                                    ">= 0")
-    max_test_samples: int = setting("cls: test on a stratified sample of this many (0: "
-                                    "all)", 0, ">= 0")
+    max_test_samples: int = setting("cls: test on a stratified sample of this many (0: all)", 0,
+                                    ">= 0")
     best_metric: str = setting("cls: what best/ is chosen by", "val_accuracy",
                                ("val_accuracy", "val_macro_f1", "val_loss"))
     patience: int = setting("cls: stop after this many evaluations without a better best_metric "
@@ -306,8 +303,9 @@ def test_best(run_dir, data, cfg, rt, pad_id, baseline, majority_label):
         metrics = evaluate_classifier(best, batches, len(data.labels))
     print0(rt, f"best checkpoint (iter {info.iter_num}) on the test split:\n"
                + format_report(metrics, data.labels, "test"))
-    run_dir.log({"iter": info.iter_num, "checkpoint": "best", **logged(metrics, data.labels,
-                 "test"), "baseline_test_accuracy": baseline, "majority_label": majority_label})
+    run_dir.log({"iter": info.iter_num, "checkpoint": "best",
+                 **logged(metrics, data.labels, "test"),
+                 "baseline_test_accuracy": baseline, "majority_label": majority_label})
 
 
 def run_generative(cfg):

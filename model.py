@@ -373,3 +373,16 @@ class GPTClassifier(GPT):
 def model_class(config):
     """GPT for a language model's config, GPTClassifier for a classifier's (n_classes > 0)."""
     return GPTClassifier if config.n_classes > 0 else GPT
+
+
+def replace_linears(model, make):
+    """Swap every nn.Linear that model's forward calls for make(linear), in place, and return model:
+    how generation changes the layers' arithmetic but not the model (int8 weights in quantize.py,
+    CPU-packed or compiled ones in runtime.py). A classifier never calls lm_head (the tied token
+    embedding), so it keeps that as it is."""
+    unused = {"lm_head"} if model.config.n_classes else set()
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear) and not (module is model and name in unused):
+                setattr(module, name, make(child))
+    return model

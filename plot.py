@@ -111,8 +111,8 @@ def main(argv=None):
     out = Path(args.out_dir) if args.out_dir else Path(args.runs[0]) / "plots"
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    loss_keys = {"loss": ("train loss (each logged "
-                          "step)", None), "train_loss": ("train loss (eval)", "o"),
+    loss_keys = {"loss": ("train loss (each logged step)", None),
+                 "train_loss": ("train loss (eval)", "o"),
                  "val_loss": ("val loss (eval)", "o")}
     if plot_lines(plt, runs, loss_keys, "cross-entropy", "Loss", out / "loss.png"):
         written.append("loss.png")

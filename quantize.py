@@ -23,6 +23,8 @@ the reference form below converts q on the fly, which is correct but slower than
 import torch
 import torch.nn as nn
 
+from model import replace_linears
+
 
 def quantize_rows(weight):
     """(int8 weights, float32 scale per row) of a (out, in) weight matrix."""
@@ -61,13 +63,7 @@ class Int8Linear(nn.Module):
 
 
 def quantize_int8(model):
-    """Replace every nn.Linear of model by an Int8Linear, in place; returns model. The token
-    embedding stays in floating point (a lookup reads one row of it per token), so the
-    language-model head, which shares its weight, gets an int8 copy of its own. A classifier's
-    unused language-model head is left alone."""
-    skip = {"lm_head"} if getattr(model.config, "n_classes", 0) else set()
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear) and not (module is model and name in skip):
-                setattr(module, name, Int8Linear(child))
-    return model
+    """Every nn.Linear of model as an Int8Linear, in place; returns model. The token embedding stays
+    in floating point (a lookup reads one row of it per token), so the language-model head, which
+    shares its weight, gets an int8 copy of its own."""
+    return replace_linears(model, Int8Linear)

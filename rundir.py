@@ -253,12 +253,8 @@ def report_end(t):
     state, stopped_by = t.state, t.stopped_by
     how = f"stopped by {stopped_by}" if stopped_by else "done"
     how += f" at iter {state.iter_num}"
-    where = t.run_dir.path / "last"
-    if state.metrics:
-        print0(t.rt, f"{how}; saved {where}; its last evaluation, at iter {state.evaluated_at}: "
-                     f"{summary(state.metrics)}")
-    else:
-        print0(t.rt, f"{how}; saved {where}; not evaluated yet")
+    evaluated = last_evaluation(state) or "; not evaluated yet"
+    print0(t.rt, f"{how}; saved {t.run_dir.path / 'last'}{evaluated}")
     if stopped_by:
         print0(t.rt, "continue with --init_from=resume and the same settings")
 

@@ -124,8 +124,8 @@ def parse_args(argv=None):
     p.add_argument("--max_new_tokens", type=int, default=200, help="tokens to generate per sample")
     p.add_argument("--temperature", type=float, default=0.8,
                    help="0 is greedy; < 1 is more conservative, > 1 more random")
-    p.add_argument("--top_k", type=int, default=200, help="sample only from the k most likely (0: "
-                                                          "all)")
+    p.add_argument("--top_k", type=int, default=200,
+                   help="sample only from the k most likely (0: all)")
     p.add_argument("--top_p", type=float, default=1.0,
                    help="sample only from the smallest set of tokens with this much probability")
     p.add_argument("--seed", type=int, default=1337, help="random seed (same seed, same samples)")
