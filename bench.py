@@ -29,13 +29,13 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import load_model
-from config import parse_config, run_main
+from ring.checkpoint import load_model
+from ring.config import parse_config, run_main
 from data import prepare_lm_data, read_text, tokenizer_from_dict
 from evaluate import language_model_loss
 from model import GPT, GPTConfig
-from rundir import RunDirectory
-from runtime import setup_runtime
+from ring.rundir import RunDirectory
+from ring.runtime import setup_runtime
 from sample import for_inference, generate
 from train import LanguageModelling, TrainConfig, build_model, train_loop
 

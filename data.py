@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from config import UserError
-from download import download, seed_tiktoken_cache, sha256_of
+from ring.config import UserError
+from ring.download import download, seed_tiktoken_cache, sha256_of
 
 # --------------------------------------------------------------------------------------------------
 # Tokenizers

@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from checkpoint import load_model
-from config import UserError, run_main
+from ring.checkpoint import load_model
+from ring.config import UserError, run_main
 from data import read_text, tokenizer_from_dict
-from evaluation import classify_texts, evaluate_classifier, format_report, logged, split_batches
-from runtime import setup_runtime
+from metrics import classify_texts, evaluate_classifier, format_report, logged, split_batches
+from ring.runtime import setup_runtime
 from sample import for_inference
-from tables import load_labelled_file, pick_columns, read_table, sample_of, table_texts
+from ring.tables import load_labelled_file, pick_columns, read_table, sample_of, table_texts
 
 
 def parse_args(argv=None):

@@ -31,15 +31,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from checkpoint import find_checkpoint, load_model, load_train_state, read_info
-from config import UserError, check_settings, parse_config, run_main, setting
+from ring.checkpoint import find_checkpoint, load_model, load_train_state, read_info
+from ring.config import UserError, check_settings, parse_config, run_main, setting
 from data import GPT2Tokenizer, LengthBatches
-from evaluation import evaluate_classifier, format_report, logged, split_batches
+from metrics import evaluate_classifier, format_report, logged, split_batches
 from lora import choose_trainable, lora_state
 from model import GPTClassifier, GPTConfig
-from rundir import RunDirectory
-from runtime import main_process_first, peak_memory, print0, session, world_size_from_env
-from tables import TRUNCATIONS, load_classification_data
+from ring.rundir import RunDirectory
+from ring.runtime import main_process_first, peak_memory, print0, session, world_size_from_env
+from ring.tables import TRUNCATIONS, load_classification_data
 from train import Objective, TrainConfig, run, set_dropout, train_loop
 
 

@@ -45,13 +45,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from checkpoint import (WEIGHTS, CheckpointInfo, expected_shapes, find_checkpoint, model_from_state,
+from ring.checkpoint import (WEIGHTS, CheckpointInfo, expected_shapes, find_checkpoint, model_from_state,
                         read_info, read_weights, save_checkpoint, verify, write_directory)
-from config import UserError, run_main
-from download import (DEFAULT_ENDPOINT, HUB_MODELS, download_from_hub, hub_endpoint,
+from ring.config import UserError, run_main
+from ring.download import (DEFAULT_ENDPOINT, HUB_MODELS, download_from_hub, hub_endpoint,
                       shipped_bpe_files)
 from model import GPTConfig
-from rundir import check_output_dir, is_checkpoint
+from ring.rundir import check_output_dir, is_checkpoint
 
 CHECKPOINTS = Path("checkpoints")  # where imported models go: checkpoints/<name>
 

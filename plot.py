@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from config import UserError, run_main
+from ring.config import UserError, run_main
 
 
 def read_metrics(run):

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import load_model
-from config import UserError, run_main
+from ring.checkpoint import load_model
+from ring.config import UserError, run_main
 from data import tokenizer_from_dict
-from evaluation import classify_texts
+from metrics import classify_texts
 from model import KVCache
 from quantize import quantize_int8
-from runtime import compile_for_decode, pack_for_cpu, setup_runtime
+from ring.runtime import compile_for_decode, pack_for_cpu, setup_runtime
 
 # --------------------------------------------------------------------------------------------------
 # Generation

@@ -23,14 +23,14 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import (CheckpointInfo, check_same_meaning, find_checkpoint, load_model,
+from ring.checkpoint import (CheckpointInfo, check_same_meaning, find_checkpoint, load_model,
                         load_train_state, read_info, save_checkpoint)
-from config import UserError, check_settings, parse_config, run_main, setting
+from ring.config import UserError, check_settings, parse_config, run_main, setting
 from data import LMBatches, load_tokens, prepare_lm_data
 from lora import has_lora, lora_state, merged_copy
 from model import GPT, GPTConfig
-from rundir import Progress, RunDirectory, fmt, last_evaluation, report_end
-from runtime import (StopRequest, any_rank, main_process_first, maybe_compile, print0, rng_state,
+from ring.rundir import Progress, RunDirectory, fmt, last_evaluation, report_end
+from ring.runtime import (StopRequest, any_rank, main_process_first, maybe_compile, print0, rng_state,
                      session, set_rng_state, world_size_from_env)
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from config import UserError, parse_config
+from ring.config import UserError, parse_config
 from train import TrainConfig
 
 

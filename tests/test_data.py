@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from config import UserError
+from ring.config import UserError
 from data import CharTokenizer, GPT2Tokenizer, LMBatches, load_tokens, prepare_lm_data, tokenizer_from_dict
-from download import download
+from ring.download import download
 
 
 def test_char_tokenizer_round_trip_and_json():

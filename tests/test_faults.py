@@ -15,16 +15,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import checkpoint
+from ring import checkpoint
 import finetune
-import runtime
+from ring import runtime
 import sample
 import train
-from config import UserError
+from ring.config import UserError
 from conftest import tiny_config
 from hf_import import export_hf
 from model import GPT
-from rundir import RunDirectory
+from ring.rundir import RunDirectory
 from test_train import TEXT, interrupt_during_micro_batch, metrics, tiny_run, train_losses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,8 @@ def run_script(code, *args, env=None):
 # Saves rename twice (the old checkpoint away, the new one in), so the kill points fall inside saves.
 KILL_DURING_SAVE = """
 import os, signal, sys
-import checkpoint, train
+import train
+from ring import checkpoint
 out, count, real = sys.argv[1], {"n": 0}, os.replace
 def replace(src, dst):
     if str(dst).startswith(out):
@@ -349,7 +350,7 @@ def test_top_p_zero_through_the_python_api_is_greedy():
 
 
 def test_a_csv_cell_over_128_kib_is_read(tmp_path):
-    from tables import read_table
+    from ring.tables import read_table
 
     long = "word " * 40_000  # 200 KB in one quoted cell: valid CSV
     (tmp_path / "long.csv").write_text(f'text,label\n"{long}",a\nshort,b\n')

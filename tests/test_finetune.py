@@ -18,18 +18,18 @@ import torch
 from safetensors.torch import load_file
 
 import data
-import download
+from ring import download
 import finetune
-import tables
-from checkpoint import load_model, save_checkpoint
-from config import UserError
+from ring import tables
+from ring.checkpoint import load_model, save_checkpoint
+from ring.config import UserError
 from conftest import tiny_config
 from data import GPT2Tokenizer, LengthBatches
-from evaluation import classification_metrics, classify_texts
+from metrics import classification_metrics, classify_texts
 from lora import LoRALinear, choose_trainable, merged_copy
 from model import GPT, GPTClassifier
 from sample import generate
-from tables import load_classification_data, read_table, resolve_cls_dataset
+from ring.tables import load_classification_data, read_table, resolve_cls_dataset
 
 ROOT = Path(__file__).parents[1]
 

@@ -19,11 +19,11 @@ from safetensors.torch import load_file, save_file
 from transformers import (AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel,
                           GPT2Tokenizer)
 
-from checkpoint import empty_model, load_model, save_checkpoint
-from config import UserError, run_main
+from ring.checkpoint import empty_model, load_model, save_checkpoint
+from ring.config import UserError, run_main
 from conftest import tiny_config
 from data import GPT2Tokenizer as OurGPT2Tokenizer
-from download import download
+from ring.download import download
 from hf_import import export_hf, hf_to_ours, import_hf, main, ours_to_hf, resolve_pretrained
 from model import GPT, GPTClassifier, GPTConfig
 from sample import generate

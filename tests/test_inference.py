@@ -3,16 +3,16 @@
 import pytest
 import torch
 
-import runtime
+from ring import runtime
 import sample
 import train
-from checkpoint import load_model
+from ring.checkpoint import load_model
 from conftest import tiny_config
 from data import tokenizer_from_dict
 from evaluate import language_model_loss
 from model import GPT
 from quantize import Int8Linear, quantize_rows
-from runtime import setup_runtime
+from ring.runtime import setup_runtime
 from test_train import tiny_run
 
 

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from leakage import find_leakage, format_report, normalise, shingles
+from ring.leakage import find_leakage, format_report, normalise, shingles
 
 # ---------------------------------------------------------------------------- normalise
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import checkpoint
+from ring import checkpoint
 import train
-from config import UserError
-from runtime import maybe_compile, resolve_dtype, setup_runtime
+from ring.config import UserError
+from ring.runtime import maybe_compile, resolve_dtype, setup_runtime
 from train import lr_at
 
 TEXT = "".join(f"{w} " for w in ("the quick brown fox jumps over the lazy dog and then it sleeps " * 300).split())

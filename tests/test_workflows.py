@@ -16,12 +16,12 @@ import finetune
 import plot
 import sample
 import train
-from checkpoint import load_model, save_checkpoint
-from config import UserError, parse_config
+from ring.checkpoint import load_model, save_checkpoint
+from ring.config import UserError, parse_config
 from conftest import tiny_config
 from data import GPT2Tokenizer
 from model import GPT
-from tables import load_classification_data, truncate
+from ring.tables import load_classification_data, truncate
 from test_finetune import cls_args, metrics, write_csv
 from test_train import interrupt_during_micro_batch, tiny_run
 
@@ -155,7 +155,7 @@ def test_long_texts_keep_their_head_their_tail_or_both():
 
 def test_html_line_breaks_become_newlines(tmp_path):
     write_csv(tmp_path / "t.csv", [("Great.<br /><br />Really<BR>good", "pos"), ("Bad", "neg")])
-    from tables import load_labelled_file
+    from ring.tables import load_labelled_file
 
     split = load_labelled_file(tmp_path / "t.csv", "", "", GPT2Tokenizer(), 64, "head", tmp_path / "c")
     assert split.texts[0] == "Great.\n\nReally\ngood"
@@ -221,7 +221,7 @@ def test_an_empty_prompt_samples_from_end_of_text(tmp_path, capsys):
 
 
 def test_shakespeare_ships_with_the_code_and_needs_no_network(tmp_path, monkeypatch):
-    import download
+    from ring import download
 
     monkeypatch.setattr(download.urllib.request, "urlopen", lambda *a, **k: pytest.fail("network"))
     path = data.resolve_text_dataset("shakespeare", tmp_path)

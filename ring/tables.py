@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from config import UserError
-from download import download, sha256_of
-from leakage import find_leakage, format_report
+from ring.config import UserError
+from ring.download import download, sha256_of
+from ring.leakage import find_leakage, format_report
 
 # Named datasets: where their files come from, and which columns hold the text and the label.
 _TWEETS = "https://huggingface.co/datasets/mteb/tweet_sentiment_extraction/resolve/d604517c81ca91fe16a244d1248fc021f9ecee7a"

@@ -23,8 +23,8 @@ import socket
 import time
 from pathlib import Path
 
-from config import UserError
-from runtime import mean_over_ranks, peak_flops, print0
+from ring.config import UserError
+from ring.runtime import mean_over_ranks, peak_flops, print0
 
 RUN_FILES = ("last", "best", ".last.old", ".best.old", ".last.tmp", ".best.tmp", "metrics.jsonl",
              "tensorboard")
@@ -111,7 +111,7 @@ class RunDirectory:
                 raise UserError(f"{self.path} already holds a run; continue it with "
                                 "--init_from=resume, choose another --out_dir, or start over with "
                                 "--overwrite=True")
-            from checkpoint import remove  # only the files a run writes, nothing else in out_dir
+            from ring.checkpoint import remove  # only the files a run writes, nothing else in out_dir
 
             for name in RUN_FILES:
                 remove(self.path / name)

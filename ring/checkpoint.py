@@ -22,8 +22,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from config import UserError
-from download import sha256_of
+from ring.config import UserError
+from ring.download import sha256_of
 from model import GPTConfig, model_class
 
 WEIGHTS, CONFIG, SUMS = "model.safetensors", "config.json", "SHA256SUMS"

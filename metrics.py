@@ -13,9 +13,9 @@ classifies the texts it is given.
 import numpy as np
 import torch
 
-from config import UserError
+from ring.config import UserError
 from data import pad_batch
-from tables import truncate
+from ring.tables import truncate
 
 
 def classification_metrics(y_true, y_pred, n_classes):

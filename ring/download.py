@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from config import UserError
+from ring.config import UserError
 
 
 def sha256_of(path):

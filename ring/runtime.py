@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from config import UserError
+from ring.config import UserError
 from model import replace_linears
 
 # --------------------------------------------------------------------------------------------------
