@@ -29,11 +29,10 @@ from pathlib import Path
 
 import torch
 
-from ring.checkpoint import load_model
 from ring.config import parse_config, run_main
 from data import prepare_lm_data, read_text, tokenizer_from_dict
 from evaluate import language_model_loss
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, load_model
 from ring.rundir import RunDirectory
 from ring.runtime import setup_runtime
 from sample import for_inference, generate

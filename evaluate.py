@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ring.checkpoint import load_model
+from model import load_model
 from ring.config import UserError, run_main
 from data import read_text, tokenizer_from_dict
 from metrics import classify_texts, evaluate_classifier, format_report, logged, split_batches

@@ -45,12 +45,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ring.checkpoint import (WEIGHTS, CheckpointInfo, expected_shapes, find_checkpoint, model_from_state,
-                        read_info, read_weights, save_checkpoint, verify, write_directory)
+from model import GPTConfig, load_model, model_from_state, tensor_shapes
+from ring.checkpoint import CheckpointInfo, find_checkpoint, save_checkpoint, write_directory
 from ring.config import UserError, run_main
 from ring.download import (DEFAULT_ENDPOINT, HUB_MODELS, download_from_hub, hub_endpoint,
-                      shipped_bpe_files)
-from model import GPTConfig
+                           shipped_bpe_files)
 from ring.rundir import check_output_dir, is_checkpoint
 
 CHECKPOINTS = Path("checkpoints")  # where imported models go: checkpoints/<name>
@@ -81,7 +80,7 @@ def hf_to_ours(hf_state, config, where):
 
     `where` names the file in error messages. Returns {our name: float32 tensor}, lm_head left
     out."""
-    expected = expected_shapes(config)
+    expected = tensor_shapes(config)
     state, head = {}, None
     for key, tensor in hf_state.items():
         name = our_name(key)
@@ -132,7 +131,7 @@ def ours_to_hf(state, config):
     GPT-2 always has biases. A model trained here with bias=False computes exactly what the same
     model with zero biases computes, so those are written as zeros."""
     hf = {}
-    every = expected_shapes(replace(config, bias=True))  # every tensor that GPT-2 has
+    every = tensor_shapes(replace(config, bias=True))  # every tensor that GPT-2 has
     for name, shape in every.items():
         if name in state:
             tensor = state[name]
@@ -426,10 +425,9 @@ def export_hf(checkpoint, out_dir, force=False):
     uses them."""
     directory = find_checkpoint(checkpoint)
     check_output_dir(out_dir, is_earlier_export, force)
-    info = read_info(directory)
-    config_json = hf_config(info.model, info)
-    verify(directory, WEIGHTS)
-    tensors = ours_to_hf(read_weights(directory / WEIGHTS, info.model), info.model)
+    model, info = load_model(directory)
+    config_json = hf_config(model.config, info)
+    tensors = ours_to_hf(model.state_dict(), model.config)
     bpe = shipped_bpe_files() if info.tokenizer["type"] == "gpt2" else {}
     # transformers' vocab.json and merges.txt are OpenAI's encoder.json and vocab.bpe, renamed.
     tokenizer_files = {}
@@ -519,7 +517,7 @@ def main(argv=None):
         return
     out = import_hf(args.source, args.out_dir, endpoint=args.endpoint, force=args.force,
                     keep_download=args.keep_download)
-    if read_info(out).task == "cls":
+    if load_model(out)[1].task == "cls":
         print(f'try: python sample.py --out_dir {out} --text "A text to classify"', file=sys.stderr)
     else:
         print(f'try: python sample.py --out_dir {out} --start "The old house"', file=sys.stderr)

@@ -19,13 +19,15 @@ token (a language model), GPTClassifier reads one vector per text and predicts a
 (finetune.py).
 """
 
-import functools
 import math
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+from ring.checkpoint import read_checkpoint
+from ring.config import UserError
 
 
 @dataclass
@@ -40,43 +42,38 @@ class GPTConfig:
     n_classes: int = 0  # > 0: a GPTClassifier with this many classes; 0: a language model (GPT)
 
 
-@functools.lru_cache(maxsize=32)
 def causal_mask(T, S, device):
     """(T, S) booleans, True where query i may attend to key j. The T queries are the last T of S
     positions (the first S - T keys come from a KV cache), so query i sits at position S - T + i and
-    sees keys 0..S-T+i. Made once per shape and kept: every layer of every step asks for it."""
+    sees keys 0..S-T+i: no looking ahead."""
     return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
 
 
-@functools.lru_cache(maxsize=32)
-def causal_bias(T, S, device, dtype):
-    """The same mask as numbers added to the attention scores: 0 where a query may look, -inf where
-    it may not (the softmax then gives those keys exactly 0). An addition is cheaper than
-    masked_fill, forward and backward."""
-    bias = torch.zeros(T, S, dtype=dtype, device=device)
-    return bias.masked_fill(~causal_mask(T, S, device), float("-inf"))
-
-
 def explicit_attention(q, k, v, dropout_p=0.0):
-    """Causal attention written out: the same function as scaled_dot_product_attention.
-
-    On CPU in bfloat16 this is what the model uses: PyTorch's fused CPU kernel is slow in bf16
-    (forward + backward 4x slower than here at T=64, 1.5x at T=256, torch 2.13 on an AVX-512-bf16
-    CPU; see README), while these plain matmuls run at bf16 matmul speed."""
+    """Causal attention written out: softmax(q k^T / sqrt(hs)) v over the keys a query may see. The
+    reference that fused_attention must equal (tests/test_model.py)."""
     T, S = q.size(-2), k.size(-2)
     scale = 1.0 / math.sqrt(k.size(-1))  # keeps the scores' variance near 1 whatever the head size
-    if T == 1 and dropout_p == 0:
-        # One new query (generation with a KV cache) may look at every key: nothing to mask. For one
-        # query, products and sums do the matmuls' arithmetic, without the new matmul kernel that
-        # oneDNN would build for every cache length (~50 us a layer).
-        att = (q * k).sum(-1, keepdim=True) * scale  # (B, nh, S, 1)
-        return (F.softmax(att, dim=-2) * v).sum(-2, keepdim=True)  # (B, nh, 1, hs)
     att = (q @ k.transpose(-2, -1)) * scale  # (B, nh, T, S): how well each query matches each key
-    att = att + causal_bias(T, S, q.device, att.dtype)  # no looking ahead
+    att = att.masked_fill(~causal_mask(T, S, q.device), float("-inf"))  # softmax gives those 0
     att = F.softmax(att, dim=-1)  # each query's weights over the keys sum to 1
     if dropout_p > 0:
         att = F.dropout(att, dropout_p)
-    return att @ v  # (B, nh, T, hs)
+    return att @ v  # (B, nh, T, hs): each query's weighted sum of the values
+
+
+def fused_attention(q, k, v, dropout_p=0.0):
+    """The same function by PyTorch's fused kernel (flash attention on GPUs that have it), which
+    never materialises the (T, S) matrix of scores."""
+    T, S = q.size(-2), k.size(-2)
+    if T == S:
+        mask, is_causal = None, T > 1  # the usual triangle: query t sees keys 0..t
+    elif T == 1:
+        mask, is_causal = None, False  # one new token (KV cache) may look at everything before it
+    else:
+        mask, is_causal = causal_mask(T, S, q.device), False  # several new tokens after a cache
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                          dropout_p=dropout_p)
 
 
 class CausalSelfAttention(nn.Module):
@@ -93,6 +90,9 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)  # on the output, before the residual add
         self.n_head = config.n_head
         self.n_embd = config.n_embd
+        # The attention itself, as a function of q, k and v: PyTorch's kernel. ring/fastpaths.py puts
+        # another one here where that kernel is slow for one kind of hardware.
+        self.attend = fused_attention
 
     def forward(self, x, kv_cache=None, layer=0):
         B, T, C = x.size()
@@ -112,39 +112,9 @@ class CausalSelfAttention(nn.Module):
             k, v = kv_cache.append(layer, k, v)  # (B, nh, past + T, hs)
 
         dropout_p = self.attn_dropout.p if self.training else 0.0
-        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-            y = explicit_attention(q, k, v, dropout_p)  # see explicit_attention for why
-        else:
-            # softmax(q k^T / sqrt(hs)) v, computed by PyTorch's fused kernel (flash attention on
-            # GPUs that have it), which never materialises the (T x T) attention matrix.
-            if past == 0:
-                mask, is_causal = None, T > 1  # the usual triangle: query t sees keys 0..t
-            elif T == 1:
-                mask, is_causal = None, False  # one new token may look at everything before it
-            else:
-                mask, is_causal = causal_mask(T, past + T, x.device), False
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                               dropout_p=dropout_p)
-        # y: (B, nh, T, hs)
+        y = self.attend(q, k, v, dropout_p)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # the heads side by side again: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
-
-
-class TanhGELU(nn.Module):
-    """GELU as GPT-2 computes it, with the tanh approximation:
-        0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
-    GPT-2 was trained with it; the exact (erf) GELU differs by up to ~1e-3 per activation, which is
-    enough to make the released weights give other logits.
-
-    Eager PyTorch runs its fused kernel. Under torch.compile the same function is written with a
-    sigmoid, since 0.5 (1 + tanh z) = sigmoid(2 z): the compiled exp is ~2.3x faster than the
-    compiled tanh on a CPU, and GELU was 16% of a bf16 training step (README, "Training speed")."""
-
-    def forward(self, x):
-        if torch.compiler.is_compiling():
-            z2 = 1.5957691216057308 * (x + 0.044715 * x * x * x)  # 2 z, with 2 sqrt(2 / pi)
-            return x * torch.sigmoid(z2)
-        return F.gelu(x, approximate="tanh")
 
 
 class MLP(nn.Module):
@@ -153,7 +123,10 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = TanhGELU()
+        # GELU as GPT-2 computes it, with the tanh approximation, 0.5 x (1 + tanh(sqrt(2 / pi) (x +
+        # 0.044715 x^3))). GPT-2 was trained with it; the exact (erf) GELU differs by up to ~1e-3 per
+        # activation, which is enough to make the released weights give other logits.
+        self.gelu = nn.GELU(approximate="tanh")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -333,11 +306,13 @@ class GPTClassifier(GPT):
     true lengths, never from searching for a pad id: GPT-2 has no pad token, the usual stand-in is
     <|endoftext|> (50256), and that can occur inside a text.
 
-    The language-model head stays (it is the token embedding, tied) so the body is a plain GPT-2."""
+    A classifier never predicts tokens, so it has no language-model head; the token embedding keeps
+    the weight the two shared."""
 
     def __init__(self, config):
         super().__init__(config)
         assert config.n_classes > 0, "a classifier needs n_classes > 0"
+        del self.lm_head
         self.score = nn.Linear(config.n_embd, config.n_classes, bias=False)
         self.init_head()
 
@@ -363,26 +338,51 @@ class GPTClassifier(GPT):
         spent on a random init that would be overwritten."""
         with torch.device("meta"):
             model = cls(replace(lm.config, n_classes=n_classes))
-        model.load_state_dict(lm.state_dict(), strict=False, assign=True)
-        model.lm_head.weight = model.transformer.wte.weight  # assign replaced wte: tie them again
-        model.score.to_empty(device=lm.lm_head.weight.device)
+        model.load_state_dict(lm.state_dict(), strict=False, assign=True)  # lm_head: left out
+        model.score.to_empty(device=lm.transformer.wte.weight.device)
         model.init_head(generator)
         return model
 
 
-def model_class(config):
-    """GPT for a language model's config, GPTClassifier for a classifier's (n_classes > 0)."""
-    return GPTClassifier if config.n_classes > 0 else GPT
+# --------------------------------------------------------------------------------------------------
+# A model from stored weights
 
 
-def replace_linears(model, make):
-    """Swap every nn.Linear that model's forward calls for make(linear), in place, and return model:
-    how generation changes the layers' arithmetic but not the model (int8 weights in quantize.py,
-    CPU-packed or compiled ones in runtime.py). A classifier never calls lm_head (the tied token
-    embedding), so it keeps that as it is."""
-    unused = {"lm_head"} if model.config.n_classes else set()
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear) and not (module is model and name in unused):
-                setattr(module, name, make(child))
+def empty_model(config):
+    """A GPT (a GPTClassifier for n_classes > 0) on the "meta" device: its tensors have names and
+    shapes but no storage, so it costs nothing to build, whatever its size."""
+    with torch.device("meta"):
+        return (GPTClassifier if config.n_classes > 0 else GPT)(config)
+
+
+def tensor_shapes(config):
+    """{name: shape} of the tensors the model stores (lm_head left out: it is wte)."""
+    state = empty_model(config).state_dict()
+    return {k: tuple(v.shape) for k, v in state.items() if k != "lm_head.weight"}
+
+
+def model_from_state(config, state):
+    """A model holding exactly the tensors in state, which must have tensor_shapes(config).
+    load_state_dict(assign=True) makes them the parameters of an empty model, so nothing is spent
+    on a random init that would be overwritten; that replaces wte's Parameter, so the language
+    model's head is tied to it again."""
+    expected, got = tensor_shapes(config), {k: tuple(v.shape) for k, v in state.items()}
+    if got != expected:
+        wrong = sorted(set(got.items()) ^ set(expected.items()))[0]
+        raise UserError(f"the weights do not fit the model's config (at {wrong[0]}: {wrong[1]})")
+    model = empty_model(config)
+    model.load_state_dict(state, strict=False, assign=True)
+    if config.n_classes == 0:
+        model.lm_head.weight = model.transformer.wte.weight
     return model
+
+
+def load_model(path, device="cpu"):
+    """(model, CheckpointInfo) of a checkpoint directory, or of a run directory (its best/, else its
+    last/). Reading the files and checking them is the ring's part (ring/checkpoint.py)."""
+    info, state = read_checkpoint(path)
+    try:
+        model = model_from_state(GPTConfig(**info.model), state)
+    except UserError as e:
+        raise UserError(f"{path}: {e}; the checkpoint is damaged") from None
+    return model.to(device), info

@@ -23,7 +23,7 @@ the reference form below converts q on the fly, which is correct but slower than
 import torch
 import torch.nn as nn
 
-from model import replace_linears
+from ring.fastpaths import swap_modules
 
 
 def quantize_rows(weight):
@@ -66,4 +66,4 @@ def quantize_int8(model):
     """Every nn.Linear of model as an Int8Linear, in place; returns model. The token embedding stays
     in floating point (a lookup reads one row of it per token), so the language-model head, which
     shares its weight, gets an int8 copy of its own."""
-    return replace_linears(model, Int8Linear)
+    return swap_modules(model, nn.Linear, Int8Linear)

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import torch
 
-from ring.checkpoint import load_model
 from ring.config import UserError, run_main
 from data import tokenizer_from_dict
 from metrics import classify_texts
-from model import KVCache
+from model import KVCache, load_model
 from quantize import quantize_int8
-from ring.runtime import compile_for_decode, pack_for_cpu, setup_runtime
+from ring.fastpaths import prepare_for_inference
+from ring.runtime import setup_runtime
 
 # --------------------------------------------------------------------------------------------------
 # Generation
@@ -202,20 +202,17 @@ def for_inference(model, rt, quantize="", compile=False):
     """The model ready to generate, in eval mode.
 
     Generating a token reads every weight from memory once, so its speed is the bytes of the weights
-    over the memory's bandwidth (README, "Sampling speed"). So the weights are converted once to the
-    run's precision (bf16 halves the bytes; autocast would convert them again at every step), or
-    to int8 (quantize.py: half again); on a CPU in bf16 they are also laid out once the way oneDNN
-    reads them (runtime.pack_for_cpu). compile: a compiled decode step (compile_for_decode)."""
+    over the memory's bandwidth (docs/results.md, "Sampling speed"). So the weights are converted
+    once to the run's precision (bf16 halves the bytes; autocast would convert them again at every
+    step), or to int8 (quantize.py: half again). Then the ring swaps in what is faster on this
+    hardware (ring/fastpaths.py: packed or compiled layers, attention for one query); compile: a
+    compiled decode step."""
     model.eval()
     if quantize == "int8":
         quantize_int8(model)  # from the float32 weights, before anything rounds them
     if rt.dtype != "float32":
         model.to(getattr(torch, rt.dtype))
-    if compile:
-        return compile_for_decode(model, rt)
-    if rt.device_type == "cpu" and rt.dtype == "bfloat16" and quantize != "int8":
-        pack_for_cpu(model)
-    return model
+    return prepare_for_inference(model, rt, compile)
 
 
 def load(path, rt, quantize="", compile=False):

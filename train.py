@@ -1,37 +1,470 @@
 """
-Pretrain a GPT on a text file: the training recipe, in the order it runs.
+Pretrain a GPT: the training recipe, in the order it runs.
 
     python train.py configs/shakespeare.py
     python train.py configs/shakespeare.py --max_iters=2000 --device=cpu
     torchrun --standalone --nproc_per_node=2 train.py configs/shakespeare.py      (DDP)
 
-1. settings (TrainConfig); device and precision (runtime.py); the run directory (rundir.py)
-2. data: the text tokenized once, sampled as random windows (data.py)
-3. the model: from scratch, from OpenAI's GPT-2 (hf_import.py), or from a checkpoint (checkpoint.py)
-4. the loop (train_loop): per iteration, evaluate and save when due, then one training step
-   (train_step): the learning rate (lr_at), gradient accumulation under autocast, clipping, AdamW.
-
-What is learned and how it is measured is an Objective: LanguageModelling here, Classification in
-finetune.py, which runs this same loop.
+Top to bottom: the learning-rate schedule (lr_at); what is learned, next-token prediction
+(LanguageModelling); one optimizer step (train_step); evaluating and saving; the loop (train_loop);
+building the model and running it all (run). The settings, TrainConfig, come last. finetune.py
+runs the same loop with another objective (Classification).
 """
 
 import contextlib
+import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 
-from ring.checkpoint import (CheckpointInfo, check_same_meaning, find_checkpoint, load_model,
-                        load_train_state, read_info, save_checkpoint)
-from ring.config import UserError, check_settings, parse_config, run_main, setting
 from data import LMBatches, load_tokens, prepare_lm_data
 from lora import has_lora, lora_state, merged_copy
-from model import GPT, GPTConfig
-from ring.rundir import Progress, RunDirectory, fmt, last_evaluation, report_end
-from ring.runtime import (StopRequest, any_rank, main_process_first, maybe_compile, print0, rng_state,
-                     session, set_rng_state, world_size_from_env)
+from model import GPT, GPTConfig, load_model
+from ring.checkpoint import (CheckpointInfo, check_same_meaning, check_unchanged, find_checkpoint,
+                             load_train_state, read_info, save_checkpoint)
+from ring.config import UserError, check_settings, parse_config, run_main, setting
+from ring.fastpaths import prepare_for_training
+from ring.rundir import Progress, RunDirectory, last_evaluation, report_end
+from ring.runtime import (StopRequest, any_rank, main_process_first, maybe_compile, mean_over_ranks,
+                          peak_flops, print0, rng_state, session, set_rng_state,
+                          world_size_from_env)
+
+# --------------------------------------------------------------------------------------------------
+# The learning-rate schedule
+
+
+def lr_at(step, learning_rate, min_lr, warmup_iters, lr_decay_iters):
+    """Linear warmup to learning_rate over warmup_iters steps, then a cosine down to min_lr at
+    lr_decay_iters ("SGDR", Loshchilov & Hutter, 2017), then min_lr. Warmup keeps Adam's first,
+    badly estimated updates small."""
+    if step < warmup_iters:
+        return learning_rate * (step + 1) / (warmup_iters + 1)
+    if step >= lr_decay_iters:
+        return min_lr
+    progress = (step - warmup_iters) / (lr_decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
+
+
+# --------------------------------------------------------------------------------------------------
+# What is learned: the next token
+
+
+class LanguageModelling:
+    """Next-token prediction on tokenized text: what train.py trains for.
+
+    An objective is all the loop knows of the task (finetune.Classification is the other one):
+        next_step()          this process's micro-batches for the next step, [(batch, items)], and
+                             the items (here tokens) of the whole step over all processes
+        loss(model, batch)   the mean loss of a micro-batch
+        evaluate(model)      {metric: value}, best_metric among them (what best/ is chosen by)
+        example_batch()      any batch, for torch.compile's trial call
+        extra_evaluations(max_iters)   steps to evaluate at besides every eval_interval
+        sampler, info, tokens   where the batches have got to (for an exact resume), what goes into
+                             a checkpoint's config.json, the tokens trained on so far"""
+
+    best_metric = "val_loss"
+
+    def __init__(self, cfg, rt, data_dir, meta):
+        self.cfg, self.rt, self.tokens = cfg, rt, 0
+        train_tokens, val_tokens = load_tokens(data_dir, "train"), load_tokens(data_dir, "val")
+        # Every process draws the same windows for the whole step and takes its own rows of each
+        # micro-batch, so the step's batch does not depend on the number of processes.
+        self.sampler = LMBatches(train_tokens, cfg.block_size, cfg.batch_size, seed=cfg.seed)
+        # Evaluation uses the same batches every time (their own fixed seed), so numbers are
+        # comparable across evaluations and across runs.
+        self.eval_sets = {}
+        for split, tokens in (("train", train_tokens), ("val", val_tokens)):
+            fixed = LMBatches(tokens, cfg.block_size, cfg.batch_size, seed=1234)
+            self.eval_sets[split] = [rt.to_device(*fixed.batch_at(row))
+                                     for row in fixed.offsets(cfg.eval_iters)]
+        self.info = {"task": "lm", "tokenizer": meta["tokenizer"], "data": meta}
+
+    def next_step(self):
+        cfg, rt = self.cfg, self.rt
+        offsets = self.sampler.offsets(cfg.gradient_accumulation_steps)  # (G, B): the whole step
+        mine = [row[rt.rank :: rt.world_size] for row in offsets]  # this process's rows of each
+        batches = [rt.to_device(*self.sampler.batch_at(row)) for row in mine]
+        total = offsets.numel() * cfg.block_size
+        self.tokens += total
+        return [((x, y), x.numel()) for x, y in batches], total
+
+    def loss(self, model, batch):
+        x, y = batch
+        return model(x, y)[1]
+
+    @torch.inference_mode()
+    def evaluate(self, model):
+        model.eval()
+        out = {}
+        for split, batches in self.eval_sets.items():
+            losses = [model(x, y)[1].float() for x, y in batches]
+            out[f"{split}_loss"] = torch.stack(losses).mean().item()
+        # Perplexity, exp(mean cross-entropy): the number of equally likely tokens the model is as
+        # unsure as.
+        out["val_perplexity"] = math.exp(out["val_loss"])
+        model.train()
+        return out
+
+    def example_batch(self):
+        return self.eval_sets["val"][0]
+
+    def extra_evaluations(self, max_iters):
+        return set()
+
+
+# --------------------------------------------------------------------------------------------------
+# TRAINING STEP
+
+
+@dataclass
+class TrainState:
+    """The loop's counters, saved whole in train_state.pt and restored whole on resume."""
+
+    iter_num: int = 0  # optimizer steps taken
+    best: float = None  # the best value of the objective's best_metric so far
+    evals_without_improvement: int = 0  # for early stopping (patience)
+    evaluated_at: int = None  # the iteration of the last evaluation...
+    metrics: dict = field(default_factory=dict)  # ...and its numbers
+
+
+@dataclass
+class Training:
+    """One run, passed around whole: settings and runtime, the model (`raw`, the plain module that
+    is evaluated and saved; `model`, what the steps call: maybe compiled, maybe DDP-wrapped), the
+    optimizer and gradient scaler, the objective, the run directory and the counters."""
+
+    cfg: object
+    rt: object
+    raw: torch.nn.Module
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: object
+    objective: object
+    run_dir: RunDirectory
+    state: TrainState
+    extra_evaluations: set  # the objective's (classification: each epoch's end)
+    eval_seconds: float = 0.0  # how long the last evaluation took, for the ETA
+    saved_at: int = None  # the iteration last/ was last written at
+    stopped_by: str = None  # "Ctrl-C" or "SIGTERM" when a signal ended the run
+
+
+class Diverged(UserError):
+    """The loss or the gradient norm stopped being a finite number."""
+
+
+def train_step(training):
+    """One optimizer step. Returns the mean loss over the step's batch, the gradient norm before
+    clipping and the learning rate.
+
+    Gradient accumulation: backward() adds into .grad, so the micro-batches run one after another
+    and their gradients sum. Each micro-batch's loss is a mean over its items, so it is weighted by
+    its share of the step's items: the sum is then the gradient of the mean loss over the whole
+    step's batch, however it is split into micro-batches and processes. (Under DDP, gradients are
+    averaged across the processes during the last micro-batch's backward, hence the world_size
+    factor.)"""
+    cfg, rt, scaler, optimizer = training.cfg, training.rt, training.scaler, training.optimizer
+    lr = lr_at(training.state.iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters,
+               cfg.lr_decay_iters or cfg.max_iters)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    batches, total = training.objective.next_step()
+    loss = torch.zeros((), device=rt.device)
+    for i, (batch, items) in enumerate(batches):
+        weight = items / total * rt.world_size
+        with no_sync_unless(training.model, rt, last=i == len(batches) - 1):
+            with rt.autocast():  # the forward pass in the run's precision; the weights stay float32
+                micro_loss = training.objective.loss(training.model, batch)
+            scaled = micro_loss * weight
+            # float16: scale the loss up so that small gradients survive the 5-bit exponent
+            (scaled if scaler is None else scaler.scale(scaled)).backward()
+        loss += micro_loss.detach() * weight
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clipping must see the true gradients, not the scaled ones
+    params = [p for p in training.raw.parameters() if p.grad is not None]
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if cfg.grad_clip > 0:  # one bad batch must not throw the weights far: cap the update's size
+        torch.nn.utils.clip_grads_with_norm_(params, cfg.grad_clip, grad_norm)
+    stop_if_diverged(training, loss, grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)  # skipped if the gradients overflowed; the scale is then lowered
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, grad_norm, lr
+
+
+def no_sync_unless(model, rt, last):
+    """DDP averages gradients across processes during backward; doing that once, on the step's last
+    micro-batch, instead of after every one saves the communication."""
+    if rt.world_size > 1 and not last:
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def stop_if_diverged(training, loss, grad_norm):
+    """Stop at the first non-finite loss or gradient norm, before the step writes it into the
+    weights. With float16 an overflowing gradient is normal: the GradScaler skips that step and
+    lowers its scale, so there only the loss is checked. All processes decide together."""
+    bad = not torch.isfinite(loss) or (training.scaler is None and not torch.isfinite(grad_norm))
+    if any_rank(training.rt, bool(bad)):
+        raise Diverged(f"the loss became {loss.item()} (gradient norm {grad_norm.item():.3g}) at "
+                       f"iter {training.state.iter_num + 1}: training diverged, and last/ keeps "
+                       f"the weights of iter {training.saved_at}; lower the learning rate (or "
+                       "check the data) and start again")
+
+
+# --------------------------------------------------------------------------------------------------
+# EVALUATION AND CHECKPOINTS
+
+
+def evaluation_due(training):
+    """Every eval_interval steps, at the objective's extra steps, and at the end; once a step."""
+    it, cfg = training.state.iter_num, training.cfg
+    due = it % cfg.eval_interval == 0 or it in training.extra_evaluations or it >= cfg.max_iters
+    return due and training.state.evaluated_at != it
+
+
+def evaluations_left(training):
+    """How many evaluations come after this step (for the ETA)."""
+    it, cfg = training.state.iter_num, training.cfg
+    extra = sum(1 for e in training.extra_evaluations if e > it)
+    return cfg.max_iters // cfg.eval_interval - it // cfg.eval_interval + extra + 1
+
+
+def evaluate_and_save(training, evaluate=True):
+    """Evaluate (unless the run is stopping: Ctrl-C must not wait for it), write best/ if the metric
+    improved, and last/ always. Returns True when early stopping's patience has run out."""
+    state, objective, metric = training.state, training.objective, training.objective.best_metric
+    if evaluate:
+        start = time.time()
+        with training.rt.autocast():
+            metrics = objective.evaluate(training.raw)
+        training.eval_seconds = time.time() - start
+        state.evaluated_at, state.metrics = state.iter_num, metrics
+        value, higher_is_better = metrics[metric], not metric.endswith("loss")
+        improved = state.best is None or (value > state.best if higher_is_better
+                                          else value < state.best)
+        if improved:
+            state.best, state.evals_without_improvement = value, 0
+        else:
+            state.evals_without_improvement += 1
+        row = {"iter": state.iter_num, **metrics, f"best_{metric}": state.best,
+               "eval_seconds": round(training.eval_seconds, 3)}
+        training.run_dir.log(row)
+        shown = " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                         for k, v in row.items() if not isinstance(v, (dict, list)))
+        print0(training.rt, f"eval {shown}")
+        if improved:
+            save(training, "best", resumable=False)
+    save(training, "last", resumable=True)
+    patience = training.cfg.patience
+    return bool(patience) and state.evals_without_improvement >= patience
+
+
+def save(training, name, resumable):
+    """Write out_dir/name: the weights (LoRA merged into them) and config.json, and for last/ what
+    resuming needs. Collective under DDP (every process's RNG state is gathered); rank 0 writes."""
+    rng = rng_state(training.rt) if resumable else None
+    if not training.rt.is_main:
+        return
+    state, raw = training.state, training.raw
+    info = CheckpointInfo(raw.config, **training.objective.info, iter_num=state.iter_num,
+                          metrics=state.metrics, evaluated_at=state.evaluated_at,
+                          run=asdict(training.cfg))
+    train_state = None
+    if resumable:
+        train_state = {**asdict(state), **training.run_dir.log_position(), "rng": rng,
+                       "optimizer": training.optimizer.state_dict(),
+                       "sampler": training.objective.sampler.state_dict(),
+                       "scaler": training.scaler.state_dict() if training.scaler else None}
+        if has_lora(raw):
+            train_state["lora"] = lora_state(raw)
+    save_checkpoint(training.run_dir.path / name, merged_copy(raw) if has_lora(raw) else raw, info,
+                    train_state)
+    if resumable:
+        training.saved_at = state.iter_num
+
+
+# --------------------------------------------------------------------------------------------------
+# THE LOOP
+
+
+def train_loop(cfg, rt, model, objective, run_dir, resume=None):
+    """Train model (the plain module, on rt.device) for cfg.max_iters steps, from `resume` (a
+    train_state.pt's contents) if given. Returns the Training at the end."""
+    training = start(cfg, rt, model, objective, run_dir, resume)
+    state = training.state
+    progress = Progress(run_dir, rt.is_main, model.flops_per_token(), cfg.peak_flops or
+                        peak_flops(rt))
+    with StopRequest(verbose=rt.is_main) as stop:
+        while True:
+            stopping = any_rank(rt, stop.requested)  # all processes stop at the same step
+            if stopping or evaluation_due(training):
+                out_of_patience = evaluate_and_save(training, evaluate=not stopping)
+                progress.restart(state.iter_num, objective.tokens)  # evaluations are not steps
+                if stopping or out_of_patience:
+                    break
+            if state.iter_num >= cfg.max_iters:
+                break
+            loss, grad_norm, lr = train_step(training)
+            state.iter_num += 1
+            if state.iter_num % cfg.log_interval == 0 or state.iter_num == cfg.max_iters:
+                loss = mean_over_ranks(rt, loss).item()  # waits for the device: timings are real
+                progress.report(state.iter_num, loss, grad_norm.item(), lr, objective.tokens,
+                                cfg.max_iters - state.iter_num,
+                                evaluations_left(training) * training.eval_seconds)
+    training.stopped_by = stop.reason
+    training.model = training.raw  # drop the DDP wrapper now (see runtime.session)
+    report_end(rt.is_main, run_dir.path / "last", state.iter_num, stop.reason, state.evaluated_at,
+               state.metrics)
+    return training
+
+
+def start(cfg, rt, model, objective, run_dir, resume):
+    """The optimizer, the gradient scaler and the counters, restored when resuming; the model
+    compiled and DDP-wrapped for the steps (the plain one is kept for evaluation and saving)."""
+    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate,
+                                          (cfg.beta1, cfg.beta2), rt.device_type)
+    scaler = rt.make_scaler()
+    state = TrainState()
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        if scaler is not None and resume["scaler"]:
+            scaler.load_state_dict(resume["scaler"])
+        objective.sampler.load_state_dict(resume["sampler"])
+        set_rng_state(rt, resume["rng"])
+        state = TrainState(**{f.name: resume[f.name] for f in fields(TrainState)})
+        run_dir.continue_log(resume, state.iter_num)
+        print0(rt, f"resumed from {Path(cfg.out_dir) / 'last'} at iter {state.iter_num}"
+                   f"{last_evaluation(state.evaluated_at, state.metrics)}")
+    prepare_for_training(model, rt, cfg.compile)  # faster kernels for this hardware, if any
+    steps = maybe_compile(model, cfg.compile, rt,
+                          lambda compiled: objective.loss(compiled, objective.example_batch()))
+    if rt.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        steps = DDP(steps, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None)
+    if cfg.lr_decay_iters not in (0, cfg.max_iters):
+        print0(rt, f"warning: the learning-rate schedule ends at step {cfg.lr_decay_iters}, the "
+                   f"run at {cfg.max_iters}: the cosine does not end with the run")
+    return Training(cfg, rt, model, steps, optimizer, scaler, objective, run_dir, state,
+                    set(objective.extra_evaluations(cfg.max_iters)),
+                    saved_at=state.iter_num if resume is not None else None)
+
+
+# --------------------------------------------------------------------------------------------------
+# Building the model
+
+
+def build_model(cfg, meta, rt):
+    """The model to train on the data described by meta (prepare_lm_data's), from cfg.init_from.
+    Returns (model, the train state to resume from or None)."""
+    if cfg.init_from == "scratch":
+        torch.manual_seed(cfg.seed)  # the same init on every rank
+        config = GPTConfig(block_size=cfg.block_size, vocab_size=meta["vocab_size"],
+                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                           dropout=cfg.dropout, bias=cfg.bias)
+        return GPT(config), None
+    where, info, resume = starting_point(cfg, rt, SHAPE_KEYS)
+    check_same_meaning(info, meta, where, resume=resume is not None)
+    if resume is not None:
+        # The settings, not the model, are compared: a run that started from GPT-2 has GPT-2's
+        # shape whatever n_layer says, and resumes with the same command line.
+        check_unchanged(where, info.run, asdict(cfg), SHAPE_KEYS)
+    model, _ = load_model(where)
+    return fit_to_run(model, cfg, where), resume
+
+
+SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias")
+
+
+def starting_point(cfg, rt, keys):
+    """(checkpoint directory, its CheckpointInfo, the train state to resume from or None) for
+    cfg.init_from: resume (out_dir/last, whose settings `keys` must not have changed), a GPT-2 name
+    (downloaded and imported on first use, by one process) or a directory."""
+    if cfg.init_from == "resume":
+        where = find_checkpoint(Path(cfg.out_dir) / "last")
+        info = read_info(where)
+        check_unchanged(where, info.run, asdict(cfg), keys)
+        return where, info, load_train_state(where, [f.name for f in fields(TrainState)])
+    from hf_import import resolve_pretrained
+
+    where = find_checkpoint(main_process_first(rt, lambda: resolve_pretrained(cfg.init_from)))
+    return where, read_info(where), None
+
+
+def fit_to_run(model, cfg, where):
+    """A pretrained model cut to the run's context (block_size) and given the run's dropout: the
+    first block_size learned positions are kept; a longer context than it learned is refused."""
+    if cfg.block_size > model.config.block_size:
+        raise UserError(f"block_size {cfg.block_size} is longer than the {model.config.block_size} "
+                        f"positions that {where} learned; use "
+                        f"--block_size={model.config.block_size} or less")
+    if cfg.block_size < model.config.block_size:
+        model.crop_block_size(cfg.block_size)
+    model.config.dropout = cfg.dropout
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = cfg.dropout
+    return model
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+
+
+@contextlib.contextmanager
+def run_session(cfg):
+    """What every training run does first: check the settings (before anything is downloaded or
+    prepared), set up device, precision and processes, print the settings, and take the run
+    directory. Yields (runtime, run directory)."""
+    check_settings(cfg)
+    cfg.check_processes(world_size_from_env())
+    with session(cfg.device, cfg.dtype) as rt:
+        print0(rt, json.dumps(asdict(cfg), indent=1))
+        print0(rt, f"{rt.describe()} | compile {cfg.compile}")
+        with RunDirectory(cfg.out_dir, resume=cfg.init_from == "resume", overwrite=cfg.overwrite,
+                          tensorboard=cfg.tensorboard, is_main=rt.is_main) as run_dir:
+            main_process_first(rt, run_dir.open)  # checked and locked before anything else is done
+            yield rt, run_dir
+
+
+def run(cfg, epochs=None, adapt=None):
+    """Train with the settings in cfg, a TrainConfig. With epochs, max_iters is as many steps as
+    that many passes over the training tokens take. adapt(model, resume, rt), when given, decides
+    what trains (finetune.py: freezing, LoRA) before the loop starts."""
+    with run_session(cfg) as (rt, run_dir):
+        # data: tokenized once and cached (rank 0 first, the others then read the cache)
+        data_dir, meta = main_process_first(
+            rt, lambda: prepare_lm_data(cfg.dataset, cfg.tokenizer, cfg.data_dir))
+        print0(rt, f"data: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens "
+                   f"from {meta['source']}")
+        if epochs is not None:
+            tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+            steps = max(1, math.ceil(epochs * meta["train_tokens"] / tokens_per_step))
+            cfg = replace(cfg, max_iters=steps)
+            print0(rt, f"{epochs} epochs of {tokens_per_step:,} tokens per step: {steps:,} steps")
+        model, resume = build_model(cfg, meta, rt)
+        if adapt is not None:
+            adapt(model, resume, rt)
+        model.to(rt.device)
+        print0(rt, f"model: {model.num_params() / 1e6:.2f}M parameters")
+        torch.manual_seed(cfg.seed + rt.rank)  # dropout differs per rank
+        objective = LanguageModelling(cfg, rt, data_dir, meta)
+        run_dir.start()  # everything checked: only now is an earlier run replaced (--overwrite)
+        train_loop(cfg, rt, model, objective, run_dir, resume)
+
+
+def main(argv=None):
+    run(parse_config(TrainConfig, argv, description="Pretrain a GPT on a text."))
+
+
+# --------------------------------------------------------------------------------------------------
+# The settings
 
 
 @dataclass
@@ -54,6 +487,8 @@ class TrainConfig:
     eval_iters: int = setting("batches per split in an evaluation (a fixed, seeded set)", 50,
                               ">= 1")
     log_interval: int = setting("print a progress line every this many steps", 10, ">= 1")
+    patience: int = setting("stop after this many evaluations without a better best metric (0: "
+                            "never)", 0, ">= 0")
     batch_size: int = setting("sequences per micro-batch, all processes together", 32, ">= 1")
     gradient_accumulation_steps: int = setting("micro-batches per optimizer step", 1, ">= 1")
     block_size: int = setting("context length in tokens", 256, ">= 1")
@@ -96,435 +531,6 @@ class TrainConfig:
             raise UserError(f"batch_size {self.batch_size} cannot be shared by {world_size} "
                             "processes (each needs at least one row); use "
                             f"--batch_size={world_size} or more")
-
-
-# --------------------------------------------------------------------------------------------------
-# The learning-rate schedule
-
-
-def lr_at(step, learning_rate, min_lr, warmup_iters, lr_decay_iters):
-    """Linear warmup to learning_rate over warmup_iters steps, then a cosine down to min_lr at
-    lr_decay_iters ("SGDR", Loshchilov & Hutter, 2017), then min_lr. Warmup keeps Adam's first,
-    badly estimated updates small."""
-    if step < warmup_iters:
-        return learning_rate * (step + 1) / (warmup_iters + 1)
-    if step >= lr_decay_iters:
-        return min_lr
-    progress = (step - warmup_iters) / (lr_decay_iters - warmup_iters)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
-
-
-# --------------------------------------------------------------------------------------------------
-# What the loop works on
-
-
-class Objective:
-    """What the loop trains for and how it measures it: its only contact with the data.
-    LanguageModelling below; Classification in finetune.py.
-
-    next_step() -> ([(batch, items)], total): this process's micro-batches for the next step, each
-        with the number of items (tokens, texts) its loss is a mean over, and the items of the
-        whole step over all processes
-    loss(model, batch) -> the mean loss of a micro-batch
-    evaluate(model) -> {metric: value}, holding best_metric
-    example_batch() -> any batch (for torch.compile's trial call)
-    sampler: state_dict() / load_state_dict(), where the batches have got to (exact resume)
-    info: the checkpoint fields it writes (task, tokenizer, data, labels)
-    tokens: the tokens trained on so far, all processes together (for tokens/s)"""
-
-    best_metric = "val_loss"  # what best/ is chosen by
-    higher_is_better = False
-    patience = 0  # evaluations without improvement before stopping early (0: never)
-    tokens = 0
-
-    def trial_step(self, model):
-        """One forward pass on a batch (torch.compile compiles on its first call)."""
-        return self.loss(model, self.example_batch())
-
-    def extra_evaluation(self, iter_num):
-        """True to evaluate at iter_num besides every eval_interval (classification: epoch ends)."""
-        return False
-
-    def evaluations_left(self, iter_num, max_iters):
-        """How many extra evaluations come after iter_num (for the ETA)."""
-        return 0
-
-    def epoch_of(self, iter_num):
-        """The epoch at iter_num, for the log (None: not counted)."""
-        return None
-
-
-@dataclass
-class TrainState:
-    """The loop's counters, saved whole in train_state.pt and restored whole on resume."""
-
-    iter_num: int = 0  # optimizer steps taken
-    best: float = None  # the best value of the objective's best_metric so far
-    evals_without_improvement: int = 0  # for early stopping (patience)
-    evaluated_at: int = None  # the iteration of the last evaluation...
-    metrics: dict = field(default_factory=dict)  # ...and its numbers
-
-    @classmethod
-    def restored(cls, saved):
-        return cls(**{k: saved.get(k, getattr(cls(), k)) for k in cls.__dataclass_fields__})
-
-
-@dataclass
-class Training:
-    """Everything one run works on, passed around whole: settings and runtime, the model (`raw`, the
-    plain module that is saved; `model`, what the steps call: maybe compiled, maybe DDP-wrapped),
-    the optimizer and gradient scaler, the objective, the run directory and the counters."""
-
-    cfg: object
-    rt: object
-    raw: torch.nn.Module
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scaler: object
-    objective: Objective
-    run_dir: RunDirectory
-    state: TrainState
-    eval_seconds: float = 0.0  # how long the last evaluation took, for the ETA
-    saved_at: int = None  # the iteration last/ was last written at
-    stopped_by: str = None  # "Ctrl-C" or "SIGTERM" when a signal ended the run
-
-
-class Diverged(UserError):
-    """The loss or the gradient norm stopped being a finite number."""
-
-
-# --------------------------------------------------------------------------------------------------
-# TRAINING STEP
-
-
-def train_step(t):
-    """One optimizer step. Returns the mean loss over the step's batch, the gradient norm before
-    clipping and the learning rate.
-
-    Gradient accumulation: backward() adds into .grad, so the micro-batches run one after another
-    and their gradients sum. Each micro-batch's loss is a mean over its items, so it is weighted by
-    its share of the step's items: the sum is then the gradient of the mean loss over the whole
-    step's batch, however it is split into micro-batches and processes. (Under DDP, gradients are
-    averaged across the processes during the last micro-batch's backward, hence the world_size
-    factor.)"""
-    cfg, rt, scaler = t.cfg, t.rt, t.scaler
-    lr = lr_at(t.state.iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters,
-               cfg.lr_decay_iters or cfg.max_iters)
-    for group in t.optimizer.param_groups:
-        group["lr"] = lr
-    batches, total = t.objective.next_step()
-    loss = torch.zeros((), device=rt.device)
-    for i, (batch, items) in enumerate(batches):
-        weight = items / total * rt.world_size
-        with no_sync_unless(t.model, rt, last=i == len(batches) - 1):
-            with rt.autocast():  # the forward pass in the run's precision; the weights stay float32
-                micro_loss = t.objective.loss(t.model, batch)
-            scaled = micro_loss * weight
-            # float16: scale the loss up so that small gradients survive the 5-bit exponent
-            (scaled if scaler is None else scaler.scale(scaled)).backward()
-        loss += micro_loss.detach() * weight
-    if scaler is not None:
-        scaler.unscale_(t.optimizer)  # clipping must see the true gradients, not the scaled ones
-    params = [p for p in t.raw.parameters() if p.grad is not None]
-    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-    if cfg.grad_clip > 0:  # one bad batch must not throw the weights far: cap the update's size
-        torch.nn.utils.clip_grads_with_norm_(params, cfg.grad_clip, grad_norm)
-    stop_if_diverged(t, loss, grad_norm)
-    if scaler is not None:
-        scaler.step(t.optimizer)  # skipped if the gradients overflowed; the scale is then lowered
-        scaler.update()
-    else:
-        t.optimizer.step()
-    t.optimizer.zero_grad(set_to_none=True)
-    return loss, grad_norm, lr
-
-
-def no_sync_unless(model, rt, last):
-    """DDP averages gradients across processes during backward; doing that once, on the step's last
-    micro-batch, instead of after every one saves the communication."""
-    if rt.world_size > 1 and not last:
-        return model.no_sync()
-    return contextlib.nullcontext()
-
-
-def stop_if_diverged(t, loss, grad_norm):
-    """Stop at the first non-finite loss or gradient norm, before the step writes it into the
-    weights. With float16 an overflowing gradient is normal: the GradScaler skips that step and
-    lowers its scale, so there only the loss is checked. All processes take the decision together.
-    """
-    bad = not torch.isfinite(loss) or (t.scaler is None and not torch.isfinite(grad_norm))
-    if any_rank(t.rt, bool(bad)):
-        raise Diverged(f"the loss became {loss.item()} (gradient norm {grad_norm.item():.3g}) at "
-                       f"iter {t.state.iter_num + 1}: training diverged, and last/ keeps the "
-                       f"weights of iter {t.saved_at}; lower the learning rate (or check the data) "
-                       "and start again")
-
-
-# --------------------------------------------------------------------------------------------------
-# EVALUATION AND CHECKPOINTS
-
-
-def evaluation_due(t):
-    """Every eval_interval steps, where the objective asks for one, and at the end; once a step."""
-    it = t.state.iter_num
-    due = it % t.cfg.eval_interval == 0 or t.objective.extra_evaluation(it) or it >= t.cfg.max_iters
-    return due and t.state.evaluated_at != it
-
-
-def evaluate_and_save(t, evaluate=True):
-    """Evaluate (unless the run is stopping: Ctrl-C must not wait for it), write best/ if the metric
-    improved, and last/ always. Returns True when early stopping's patience has run out."""
-    state, objective = t.state, t.objective
-    if evaluate:
-        start = time.time()
-        with t.rt.autocast():
-            metrics = objective.evaluate(t.raw)
-        t.eval_seconds = time.time() - start
-        state.evaluated_at, state.metrics = state.iter_num, metrics
-        value = metrics[objective.best_metric]
-        improved = state.best is None or (value > state.best if objective.higher_is_better
-                                          else value < state.best)
-        if improved:
-            state.best, state.evals_without_improvement = value, 0
-        else:
-            state.evals_without_improvement += 1
-        row = {"iter": state.iter_num, **metrics, f"best_{objective.best_metric}": state.best,
-               "eval_seconds": round(t.eval_seconds, 3)}
-        if objective.epoch_of(state.iter_num) is not None:
-            row["epoch"] = objective.epoch_of(state.iter_num)
-        t.run_dir.log(row)
-        shown = " ".join(f"{k} {fmt(v)}" for k, v in row.items() if not isinstance(v, (dict, list)))
-        print0(t.rt, f"eval {shown}")
-        if improved:
-            save(t, "best", resumable=False)
-    save(t, "last", resumable=True)
-    return bool(objective.patience) and state.evals_without_improvement >= objective.patience
-
-
-def save(t, name, resumable):
-    """Write out_dir/name: the weights (LoRA merged into them) and config.json, and for last/ what
-    resuming needs. Collective under DDP (every process's RNG state is gathered); rank 0 writes."""
-    rng = rng_state(t.rt) if resumable else None
-    if not t.rt.is_main:
-        return
-    state = t.state
-    info = CheckpointInfo(t.raw.config, **t.objective.info, iter_num=state.iter_num,
-                          metrics=state.metrics, evaluated_at=state.evaluated_at, run=asdict(t.cfg))
-    train_state = None
-    if resumable:
-        train_state = {**asdict(state), "log_bytes": t.run_dir.log_bytes(), "rng": rng,
-                       "optimizer": t.optimizer.state_dict(),
-                       "sampler": t.objective.sampler.state_dict(),
-                       "scaler": t.scaler.state_dict() if t.scaler is not None else None}
-        if has_lora(t.raw):
-            train_state["lora"] = lora_state(t.raw)
-    plain = merged_copy(t.raw) if has_lora(t.raw) else t.raw
-    save_checkpoint(t.run_dir.path / name, plain, info, train_state)
-    if resumable:
-        t.saved_at = state.iter_num
-
-
-# --------------------------------------------------------------------------------------------------
-# THE LOOP
-
-
-def train_loop(cfg, rt, model, objective, run_dir, resume=None):
-    """Train model (the plain module, on rt.device) for cfg.max_iters steps, from `resume` (a
-    train_state.pt's contents) if given. Returns the Training at the end."""
-    t = start(cfg, rt, model, objective, run_dir, resume)
-    clock = Progress(t)
-    with StopRequest(verbose=rt.is_main) as stop:
-        while True:
-            stopping = any_rank(rt, stop.requested)  # all processes stop at the same step
-            if stopping or evaluation_due(t):
-                out_of_patience = evaluate_and_save(t, evaluate=not stopping)
-                clock.restart()  # keep evaluations out of the step timings
-                if stopping or out_of_patience:
-                    break
-            if t.state.iter_num >= cfg.max_iters:
-                break
-            loss, grad_norm, lr = train_step(t)
-            t.state.iter_num += 1
-            clock.tick(loss, grad_norm, lr)
-    t.stopped_by = stop.reason
-    t.model = t.raw  # drop the DDP wrapper now (see runtime.session)
-    report_end(t)
-    return t
-
-
-def start(cfg, rt, model, objective, run_dir, resume):
-    """The optimizer, the gradient scaler and the counters, restored when resuming; the model
-    compiled and DDP-wrapped for the steps (the plain one is kept for evaluation and saving)."""
-    betas = (cfg.beta1, cfg.beta2)
-    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, betas,
-                                          rt.device_type)
-    scaler = rt.make_scaler()
-    state = TrainState()
-    if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])
-        if scaler is not None and resume.get("scaler"):
-            scaler.load_state_dict(resume["scaler"])
-        objective.sampler.load_state_dict(resume["sampler"])
-        set_rng_state(rt, resume["rng"])
-        state = TrainState.restored(resume)
-        run_dir.continue_log(resume.get("log_bytes"), state.iter_num)
-        print0(rt, f"resumed from {Path(cfg.out_dir) / 'last'} at iter {state.iter_num}"
-                   f"{last_evaluation(state)}")
-    steps = maybe_compile(model, cfg.compile, rt, objective.trial_step)
-    if rt.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        steps = DDP(steps, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None)
-    if cfg.lr_decay_iters not in (0, cfg.max_iters):
-        print0(rt, f"warning: the learning-rate schedule ends at step {cfg.lr_decay_iters}, the "
-                   f"run at {cfg.max_iters}: the cosine does not end with the run")
-    return Training(cfg, rt, model, steps, optimizer, scaler, objective, run_dir, state,
-                    saved_at=state.iter_num if resume is not None else None)
-
-
-# --------------------------------------------------------------------------------------------------
-# Language modelling
-
-
-class LanguageModelling(Objective):
-    """Next-token prediction on a tokenized text: the objective train.py trains for."""
-
-    def __init__(self, cfg, rt, data_dir, meta):
-        self.cfg, self.rt = cfg, rt
-        train_tokens = load_tokens(data_dir, "train")
-        val_tokens = load_tokens(data_dir, "val")
-        # Every process draws the same windows for the whole step and takes its own rows of each
-        # micro-batch, so the step's batch does not depend on the number of processes.
-        self.sampler = LMBatches(train_tokens, cfg.block_size, cfg.batch_size, seed=cfg.seed)
-        # Evaluation uses the same batches every time (their own fixed seed), so numbers are
-        # comparable across evaluations and across runs.
-        self.eval_sets = {}
-        for split, tokens in (("train", train_tokens), ("val", val_tokens)):
-            fixed = LMBatches(tokens, cfg.block_size, cfg.batch_size, seed=1234)
-            self.eval_sets[split] = [rt.to_device(*fixed.batch_at(row))
-                                     for row in fixed.offsets(cfg.eval_iters)]
-        self.info = {"task": "lm", "tokenizer": meta["tokenizer"], "data": meta}
-
-    def next_step(self):
-        cfg, rt = self.cfg, self.rt
-        offsets = self.sampler.offsets(cfg.gradient_accumulation_steps)  # (G, B): the whole step
-        mine = [row[rt.rank :: rt.world_size] for row in offsets]  # this process's rows of each
-        batches = [rt.to_device(*self.sampler.batch_at(row)) for row in mine]
-        total = offsets.numel() * cfg.block_size
-        self.tokens += total
-        return [((x, y), x.numel()) for x, y in batches], total
-
-    def loss(self, model, batch):
-        x, y = batch
-        return model(x, y)[1]
-
-    @torch.inference_mode()
-    def evaluate(self, model):
-        model.eval()
-        out = {}
-        for split, batches in self.eval_sets.items():
-            losses = [model(x, y)[1].float() for x, y in batches]
-            out[f"{split}_loss"] = torch.stack(losses).mean().item()
-        # Perplexity, exp(mean cross-entropy): the number of equally likely tokens the model is as
-        # unsure as.
-        out["val_perplexity"] = math.exp(out["val_loss"])
-        model.train()
-        return out
-
-    def example_batch(self):
-        return self.eval_sets["val"][0]
-
-
-SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
-
-
-def build_model(cfg, meta, rt):
-    """The model to train on the data described by meta (prepare_lm_data's), from cfg.init_from.
-    Returns (model, the train state to resume from or None)."""
-    if cfg.init_from == "scratch":
-        torch.manual_seed(cfg.seed)  # the same init on every rank
-        config = GPTConfig(block_size=cfg.block_size, vocab_size=meta["vocab_size"],
-                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-                           dropout=cfg.dropout, bias=cfg.bias)
-        return GPT(config), None
-    if cfg.init_from == "resume":
-        directory = find_checkpoint(Path(cfg.out_dir) / "last")
-        info = read_info(directory)
-        check_same_meaning(info, meta, directory, resume=True)
-        # Compare the settings with those the run started with, not with the model: a run that
-        # started from GPT-2 has GPT-2's shape whatever n_layer says, and resumes with the same
-        # command line.
-        started = {**(info.run or {}), "vocab_size": info.model.vocab_size}
-        wanted = {**asdict(cfg), "vocab_size": meta["vocab_size"]}
-        changed = [k for k in SHAPE_KEYS if k in started and started[k] != wanted[k]]
-        diff = [f"{k} {started[k]} -> {wanted[k]}" for k in changed]
-        if diff:
-            raise UserError(f"cannot resume {directory}: the model shape differs "
-                            f"({', '.join(diff)}); use the run's own settings or a new out_dir")
-        model, _ = load_model(directory)
-        set_dropout(model, cfg.dropout)
-        return model, load_train_state(directory)
-    from hf_import import resolve_pretrained  # a GPT-2 name (imported on first use) or a directory
-
-    directory = main_process_first(rt, lambda: resolve_pretrained(cfg.init_from))  # one download
-    model, info = load_model(directory)
-    check_same_meaning(info, meta, cfg.init_from, resume=False)
-    if cfg.block_size > model.config.block_size:
-        raise UserError(f"block_size {cfg.block_size} is longer than the {model.config.block_size} "
-                        f"positions that {cfg.init_from} learned; use "
-                        f"--block_size={model.config.block_size} or less")
-    if cfg.block_size < model.config.block_size:
-        model.crop_block_size(cfg.block_size)
-    set_dropout(model, cfg.dropout)
-    return model, None
-
-
-def set_dropout(model, p):
-    """Use the run's dropout, not the one the checkpoint was trained with."""
-    model.config.dropout = p
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = p
-
-
-# --------------------------------------------------------------------------------------------------
-# The run
-
-
-def run(cfg, epochs=None, adapt=None):
-    """Train with the settings in cfg, a TrainConfig. With epochs, max_iters is as many steps as
-    that many passes over the training tokens take. adapt(model, resume, rt), when given, decides
-    what trains (finetune.py: freezing, LoRA) before the loop starts."""
-    check_settings(cfg)
-    cfg.check_processes(world_size_from_env())
-    with session(cfg) as rt:
-        with RunDirectory(cfg.out_dir, resume=cfg.init_from == "resume", overwrite=cfg.overwrite,
-                          tensorboard=cfg.tensorboard, is_main=rt.is_main) as run_dir:
-            main_process_first(rt, run_dir.open)  # checked and locked before anything else is done
-            # data: tokenized once and cached (rank 0 first, the others then read the cache)
-            data_dir, meta = main_process_first(
-                rt, lambda: prepare_lm_data(cfg.dataset, cfg.tokenizer, cfg.data_dir))
-            print0(rt, f"data: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val "
-                       f"tokens from {meta['source']}")
-            if epochs is not None:
-                tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
-                steps = max(1, math.ceil(epochs * meta["train_tokens"] / tokens_per_step))
-                cfg = replace(cfg, max_iters=steps)
-                print0(rt, f"{epochs} epochs of {tokens_per_step:,} tokens per step: {steps:,} "
-                           "steps")
-
-            model, resume = build_model(cfg, meta, rt)
-            if adapt is not None:
-                adapt(model, resume, rt)
-            model.to(rt.device)
-            print0(rt, f"model: {model.num_params() / 1e6:.2f}M parameters")
-            torch.manual_seed(cfg.seed + rt.rank)  # dropout differs per rank
-            objective = LanguageModelling(cfg, rt, data_dir, meta)
-            train_loop(cfg, rt, model, objective, run_dir, resume)
-
-
-def main(argv=None):
-    run(parse_config(TrainConfig, argv, description="Pretrain a GPT on a text file."))
 
 
 if __name__ == "__main__":

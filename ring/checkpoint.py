@@ -9,7 +9,12 @@ Checkpoints: one directory per checkpoint, written atomically, checked when read
     SHA256SUMS          the sha256 of the other files, checked on every load (by hand: sha256sum -c)
 
 A run directory holds last/ (written at every evaluation and at the end) and best/ (when validation
-improves; weights and config only). Checkpoints written before SHA256SUMS existed load unchecked.
+improves; weights and config only). Checks fail closed: a checkpoint without SHA256SUMS, or a file
+that SHA256SUMS does not list, is a damaged checkpoint; every size in config.json is bounded and
+checked against the weights file's header before anything is built.
+
+This module knows the files, not the model: model.py builds a model from what read_checkpoint
+returns (model.load_model).
 """
 
 import json
@@ -19,12 +24,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ring.config import UserError
 from ring.download import sha256_of
-from model import GPTConfig, model_class
 
 WEIGHTS, CONFIG, SUMS = "model.safetensors", "config.json", "SHA256SUMS"
 TRAIN_STATE = "train_state.pt"
@@ -33,24 +37,34 @@ TRAIN_STATE = "train_state.pt"
 # config.json
 
 
+# The "model" section: every field of model.GPTConfig, the defaults of those a file may leave out,
+# and the largest value accepted (far above any GPT-2; a bound, so that a damaged or hostile file
+# cannot make us allocate without limit before the weights are even looked at).
+SHAPE = {"block_size": 1 << 20, "vocab_size": 1 << 24, "n_layer": 1024, "n_head": 1024,
+         "n_embd": 1 << 16}
+SHAPE_DEFAULTS = {"dropout": 0.0, "bias": True, "n_classes": 0}
+MAX_CLASSES = 1 << 16
+
+
 @dataclass
 class CheckpointInfo:
     """What config.json holds, and who reads it.
 
-    model       GPTConfig: the shape (everything that builds the model)
+    model       the model's shape: model.GPTConfig's fields as a dict (block_size, vocab_size,
+                n_layer, n_head, n_embd, dropout, bias, n_classes)
     task        "lm" (a GPT: next-token prediction) or "cls" (a GPTClassifier; n_classes > 0)
     tokenizer   data.<Tokenizer>.to_dict(): {"type": "gpt2"} or {"type": "char", "chars": "..."};
                 train.py compares it with the data's before resuming or starting from the checkpoint
     labels      cls: the class names, class i is labels[i] (sample.py, evaluate.py, the HF export)
-    data        lm: prepare_lm_data's meta (its source_sha256 must match to resume);
-                cls: where each split came from
+    data        lm: the data's meta (its source_sha256 must match to resume); cls: where each split
+                came from
     iter_num    the optimizer steps behind these weights
     metrics     the evaluation these weights were saved with, made at iteration evaluated_at
     run         the settings of the run that wrote it (resume checks the shape against them)
     source      hf_import: where the weights were imported from (not imported twice)
     """
 
-    model: GPTConfig
+    model: dict
     task: str = "lm"
     tokenizer: dict = None
     labels: list = None
@@ -62,7 +76,7 @@ class CheckpointInfo:
     source: str = None
 
     def to_json(self):
-        return json.dumps({**asdict(self), "model": asdict(self.model)}, indent=2, default=str)
+        return json.dumps(asdict(self), indent=2, default=str)
 
     @classmethod
     def from_dict(cls, d, where):
@@ -73,30 +87,45 @@ class CheckpointInfo:
 
         if not isinstance(d, dict) or not isinstance(d.get("model"), dict):
             raise bad("it has no 'model' section")
-        known = {f.name: f for f in fields(GPTConfig)}
-        shape = {k: v for k, v in d["model"].items() if k in known}
-        for key in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
-            value = shape.get(key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise bad(f"model.{key} is {value!r}, not a positive integer")
-        if shape["n_embd"] % shape["n_head"]:
-            raise bad(f"model.n_embd {shape['n_embd']} is not divisible by n_head "
-                      f"{shape['n_head']}")
-        model = GPTConfig(**shape)
-        task = d.get("task") or ("cls" if model.n_classes else "lm")
-        if task not in ("lm", "cls") or (task == "cls") != (model.n_classes > 0):
-            raise bad(f"task {task!r} does not fit n_classes {model.n_classes}")
+        model = {**SHAPE_DEFAULTS, **{k: v for k, v in d["model"].items()
+                                      if k in SHAPE or k in SHAPE_DEFAULTS}}
+        for key, limit in SHAPE.items():
+            value = model.get(key)
+            if not is_int(value) or not 1 <= value <= limit:
+                raise bad(f"model.{key} is {value!r}, not an integer in [1, {limit}]")
+        if model["n_embd"] % model["n_head"]:
+            raise bad(f"model.n_embd {model['n_embd']} is not divisible by n_head "
+                      f"{model['n_head']}")
+        if not is_int(model["n_classes"]) or not 0 <= model["n_classes"] <= MAX_CLASSES:
+            raise bad(f"model.n_classes is {model['n_classes']!r}, not an integer in [0, "
+                      f"{MAX_CLASSES}]")
+        if not isinstance(model["dropout"], (int, float)) or isinstance(model["dropout"], bool) \
+                or not 0 <= model["dropout"] < 1:
+            raise bad(f"model.dropout is {model['dropout']!r}, not a number in [0, 1)")
+        if not isinstance(model["bias"], bool):
+            raise bad(f"model.bias is {model['bias']!r}, not true or false")
+        task = d.get("task")
+        if task not in ("lm", "cls") or (task == "cls") != (model["n_classes"] > 0):
+            raise bad(f"task {task!r} does not fit n_classes {model['n_classes']}")
         tokenizer = d.get("tokenizer")
         if not isinstance(tokenizer, dict) or tokenizer.get("type") not in ("char", "gpt2"):
             raise bad("it names no tokenizer (expected {'type': 'gpt2'} or {'type': 'char', ...})")
-        if tokenizer["type"] == "char" and len(tokenizer.get("chars") or "") != model.vocab_size:
-            raise bad(f"its character vocabulary does not have vocab_size {model.vocab_size} "
+        chars = tokenizer.get("chars")
+        if tokenizer["type"] == "char" and not (isinstance(chars, str)
+                                                and len(set(chars)) == len(chars)
+                                                == model["vocab_size"]):
+            raise bad(f"its character vocabulary is not vocab_size {model['vocab_size']} distinct "
                       "characters")
         labels = d.get("labels")
-        if task == "cls" and (not isinstance(labels, list) or len(labels) != model.n_classes):
-            raise bad(f"a classifier with {model.n_classes} classes needs as many label names")
+        if task == "cls" and not (isinstance(labels, list) and len(labels) == model["n_classes"]
+                                  and all(isinstance(label, str) for label in labels)):
+            raise bad(f"a classifier with {model['n_classes']} classes needs as many label names")
         names = {f.name for f in fields(cls)}
-        return cls(**{**{k: v for k, v in d.items() if k in names}, "model": model, "task": task})
+        return cls(**{**{k: v for k, v in d.items() if k in names}, "model": model})
+
+
+def is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -165,22 +194,29 @@ def save_checkpoint(directory, model, info, train_state=None):
     """Write a checkpoint directory atomically (see write_directory). Non-finite weights are
     refused: a checkpoint must never hold a model that diverged."""
     model = unwrap(model)
-    # lm_head.weight is the same tensor as transformer.wte.weight (weight tying); safetensors
-    # refuses to store shared tensors, and storing it once is enough: loading ties them again.
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
-             if k != "lm_head.weight"}
+    # safetensors refuses tensors that share memory, and one copy is enough: a tensor that shares
+    # its storage with one already kept (lm_head.weight is transformer.wte.weight, weight tying) is
+    # left out, and loading ties them again.
+    state, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            state[name] = tensor.detach().contiguous().cpu()
     broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if broken:
         raise UserError(f"refusing to write {directory}: {broken[0]} holds NaN or inf")
     if isinstance(info, dict):  # the fields as a dict, e.g. {"task": "lm", "tokenizer": {...}}
-        info = CheckpointInfo.from_dict({**info, "model": asdict(model.config)}, directory)
-    info.model = model.config
+        info = CheckpointInfo(model={}, **info)
+    info = CheckpointInfo.from_dict({**asdict(info), "model": asdict(model.config)}, directory)
 
     def fill(tmp):
         save_file(state, tmp / WEIGHTS)
         (tmp / CONFIG).write_text(info.to_json())
         if train_state is not None:
-            torch.save(train_state, tmp / TRAIN_STATE)
+            try:
+                torch.save(train_state, tmp / TRAIN_STATE)
+            except RuntimeError as e:  # torch reports a failed write (a full disk) this way
+                raise OSError(f"{str(e).splitlines()[-1].strip()}", str(tmp / TRAIN_STATE)) from None
         names = sorted(p.name for p in tmp.iterdir())
         (tmp / SUMS).write_text("".join(f"{sha256_of(tmp / n)}  {n}\n" for n in names))
 
@@ -205,16 +241,35 @@ def find_checkpoint(path):
                     "or last/)")
 
 
+def read_sums(directory):
+    """{file name: sha256} from a checkpoint's SHA256SUMS. Missing or garbled, the checkpoint is
+    damaged: checks fail closed."""
+    path = Path(directory) / SUMS
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UserError(f"{directory} is damaged: it has no {SUMS}, so its files cannot be "
+                        "checked") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is unreadable ({e}); the checkpoint is damaged") from None
+    sums = {}
+    for number, line in enumerate(lines, start=1):
+        digest, _, name = line.partition("  ")
+        valid = len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)
+        if not valid or not name or "/" in name or name in (".", ".."):
+            raise UserError(f"{path} is damaged: line {number} is not '<sha256>  <file name>'")
+        sums[name] = digest
+    return sums
+
+
 def verify(directory, name):
-    """Check a checkpoint's file against its SHA256SUMS (if any): one line if it is damaged."""
+    """Check one file of a checkpoint against its SHA256SUMS: one line if it is missing, unlisted or
+    damaged."""
     directory = Path(directory)
-    sums = directory / SUMS
-    if not sums.is_file():
-        return
-    lines = [line.split(maxsplit=1) for line in sums.read_text().splitlines() if line]
-    expected = {name: digest for digest, name in lines}
+    expected = read_sums(directory)
     if name not in expected:
-        return
+        raise UserError(f"{directory / name} is not listed in {SUMS}, so it cannot be checked; the "
+                        "checkpoint is damaged")
     if not (directory / name).is_file():
         raise UserError(f"{directory / name} is missing: the checkpoint is incomplete")
     if sha256_of(directory / name) != expected[name]:
@@ -226,73 +281,61 @@ def read_info(directory):
     path = Path(directory) / CONFIG
     verify(directory, CONFIG)
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{path} is unreadable ({e}); the checkpoint is damaged") from None
     return CheckpointInfo.from_dict(d, path)
 
 
-def empty_model(config):
-    """A model whose tensors live on the "meta" device: names and shapes but no storage and no
-    random init, so building even the largest GPT-2 costs nothing. The shell that weights are loaded
-    into."""
-    with torch.device("meta"):
-        return model_class(config)(config)
-
-
-def expected_shapes(config):
-    """{name: shape} of every tensor a checkpoint stores for this config (lm_head is wte: left
-    out)."""
-    shapes = {k: tuple(v.shape) for k, v in empty_model(config).state_dict().items()}
-    shapes.pop("lm_head.weight")
-    return shapes
-
-
-def read_weights(path, config):
-    """The tensors of a model.safetensors file, checked name by name and shape by shape against
-    config, as float32."""
+def check_header(path, shape):
+    """Check a safetensors file's header (cheap to read: no tensor is loaded) against the model's
+    shape from config.json, so that the sizes there are the file's own before anything is built:
+    the embeddings' shapes, the number of blocks, the classifier's head, floating-point tensors."""
     try:
-        state = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            header = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype())
+                      for k in f.keys()}
     except (SafetensorError, OSError) as e:
         raise UserError(f"{path} is not a readable safetensors file ({e}); the checkpoint is "
                         "damaged") from None
-    expected = expected_shapes(config)
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise UserError(f"{path} does not fit its config: missing {missing[:3]}, unexpected "
-                        f"{unexpected[:3]}")
-    for name, tensor in state.items():
-        if tuple(tensor.shape) != expected[name]:
-            raise UserError(f"{path}: {name} has shape {tuple(tensor.shape)}, the config says "
-                            f"{expected[name]}")
-        if not tensor.is_floating_point():
-            raise UserError(f"{path}: {name} holds {tensor.dtype}, not floating-point weights")
-    return {k: v.float() for k, v in state.items()}
+    C = shape["n_embd"]
+    wanted = {"transformer.wte.weight": (shape["vocab_size"], C),
+              "transformer.wpe.weight": (shape["block_size"], C)}
+    if shape["n_classes"]:
+        wanted["score.weight"] = (shape["n_classes"], C)
+    for name, want in wanted.items():
+        got = header.get(name, (None,))[0]
+        if got != want:
+            raise UserError(f"{path}: {name} has shape {got}, its config.json says {want}; the "
+                            "checkpoint is damaged")
+    blocks = {k.split(".")[2] for k in header if k.startswith("transformer.h.")}
+    if len(blocks) != shape["n_layer"]:
+        raise UserError(f"{path} holds {len(blocks)} blocks, its config.json says n_layer "
+                        f"{shape['n_layer']}; the checkpoint is damaged")
+    for name, (_, dtype) in header.items():
+        if dtype not in ("F64", "F32", "F16", "BF16"):
+            raise UserError(f"{path}: {name} holds {dtype} numbers, not floating-point weights")
 
 
-def model_from_state(config, state):
-    """A model holding exactly these tensors. assign=True makes the loaded tensors the parameters of
-    the empty (meta) model, with no copy and no wasted random init; that replaces wte's Parameter
-    object, so the head is tied to it again."""
-    model = empty_model(config)
-    model.load_state_dict(state, strict=False, assign=True)
-    model.lm_head.weight = model.transformer.wte.weight
-    assert not any(p.is_meta for p in model.parameters()), "a tensor was not loaded"
-    return model
-
-
-def load_model(path, device="cpu"):
-    """(model, info) from a checkpoint directory (or a run directory: see find_checkpoint): a GPT
-    for a language model, a GPTClassifier for a classifier."""
+def read_checkpoint(path):
+    """(CheckpointInfo, {name: float32 tensor}) of a checkpoint directory, or of a run directory
+    (its best/, else its last/): every file checked against SHA256SUMS, the shape in config.json
+    bounded and checked against the weights' header. model.load_model builds the model."""
     directory = find_checkpoint(path)
     info = read_info(directory)
     verify(directory, WEIGHTS)
-    model = model_from_state(info.model, read_weights(directory / WEIGHTS, info.model))
-    return model.to(device), info
+    check_header(directory / WEIGHTS, info.model)
+    try:
+        state = load_file(str(directory / WEIGHTS))
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{directory / WEIGHTS} is not a readable safetensors file ({e}); the "
+                        "checkpoint is damaged") from None
+    return info, {k: v.float() for k, v in state.items()}
 
 
-def load_train_state(directory):
-    """What resuming needs (see train.py's TrainState), checked for its parts."""
+def load_train_state(directory, counters=()):
+    """What resuming needs: the optimizer, sampler and RNG states, the metrics log's position, and
+    the loop's `counters` (train.TrainState's fields), each checked to be there."""
     path = Path(directory) / TRAIN_STATE
     if not path.is_file():
         raise UserError(f"{path} not found: this checkpoint cannot be resumed (it has weights "
@@ -303,11 +346,22 @@ def load_train_state(directory):
     except Exception as e:
         raise UserError(f"{path} is unreadable ({type(e).__name__}); the checkpoint is "
                         "damaged") from None
-    parts = ("iter_num", "optimizer", "sampler", "rng")
+    parts = ("optimizer", "sampler", "rng", "scaler", "log_bytes", "log_sha256", *counters)
     missing = [k for k in parts if not isinstance(state, dict) or k not in state]
     if missing:
         raise UserError(f"{path} has no {missing[0]} state: the checkpoint is damaged")
     return state
+
+
+def check_unchanged(where, started, wanted, keys):
+    """Refuse to resume `where` with settings `keys` other than those the run started with (both
+    dicts of settings): a resumed run must be the run that was stopped."""
+    started = started if isinstance(started, dict) else {}
+    changed = [f"{k} {started[k]} -> {wanted[k]}" for k in keys
+               if k in started and started[k] != wanted[k]]
+    if changed:
+        raise UserError(f"cannot resume {where} with other settings ({', '.join(changed)}); use the "
+                        "run's own settings or a new out_dir")
 
 
 def check_same_meaning(info, meta, where, resume):

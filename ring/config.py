@@ -56,6 +56,23 @@ def setting(help, default, rule=None):
     return dataclasses.field(default=default, metadata={"help": help, "rule": rule})
 
 
+def with_defaults(cls, defaults, helps=None):
+    """A subclass of the settings dataclass cls whose fields have other defaults (and, in helps,
+    other help texts); their rules stay. finetune.py's settings are train.py's this way, with
+    defaults for fine-tuning a pretrained model."""
+    annotations, namespace = {}, {"__module__": cls.__module__, "__doc__": cls.__doc__}
+    for f in dataclasses.fields(cls):
+        if f.name in defaults or f.name in (helps or {}):
+            metadata = {**f.metadata, "help": (helps or {}).get(f.name, f.metadata["help"])}
+            annotations[f.name] = f.type
+            namespace[f.name] = dataclasses.field(default=defaults.get(f.name, f.default),
+                                                  metadata=metadata)
+    unknown = set(defaults) - {f.name for f in dataclasses.fields(cls)}
+    assert not unknown, f"no such settings: {unknown}"
+    namespace["__annotations__"] = annotations
+    return dataclasses.dataclass(type(cls.__name__, (cls,), namespace))
+
+
 _COMPARISON = re.compile(r"(>=|>|<=|<)\s*(\S+)")
 _INTERVAL = re.compile(r"([\[(])\s*(\S+),\s*(\S+)\s*([\])])")
 

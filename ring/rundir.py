@@ -17,6 +17,8 @@ is written inside a checkpoint; OS errors are one line naming the path. Only ran
 directory.
 """
 
+import errno
+import hashlib
 import json
 import os
 import socket
@@ -24,7 +26,6 @@ import time
 from pathlib import Path
 
 from ring.config import UserError
-from ring.runtime import mean_over_ranks, peak_flops, print0
 
 RUN_FILES = ("last", "best", ".last.old", ".best.old", ".last.tmp", ".best.tmp", "metrics.jsonl",
              "tensorboard")
@@ -81,13 +82,18 @@ def check_output_dir(path, ours, force):
 
 
 class RunDirectory:
-    """out_dir while a run writes to it: the lock, the checks, metrics.jsonl and TensorBoard."""
+    """out_dir while a run writes to it: the lock, the checks, metrics.jsonl and TensorBoard.
+
+    open() checks the directory and locks it before any data is prepared or model built; start()
+    replaces an earlier run (--overwrite) once everything else has been checked, so a mistyped
+    dataset never costs the old run."""
 
     def __init__(self, path, resume=False, overwrite=False, tensorboard=False, is_main=True):
         self.path = Path(path)
         self.resume, self.overwrite, self.tensorboard = resume, overwrite, tensorboard
         self.is_main = is_main
         self._lock = self._writer = None
+        self._created = False  # out_dir did not exist: removed again if the run writes nothing
 
     def open(self):
         """Check the directory and take it, before any data is prepared or model built."""
@@ -100,24 +106,32 @@ class RunDirectory:
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"out_dir {self.path} is a file, not a directory; choose another one")
         try:
+            self._created = not self.path.exists()
             self.path.mkdir(parents=True, exist_ok=True)
             self._take_lock()
-            (self.path / ".lock").write_text(f"pid {os.getpid()} on {socket.gethostname()} since "
-                                             f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+            write_text_here(self.path / ".lock", f"pid {os.getpid()} on {socket.gethostname()} "
+                                                 f"since {time.strftime('%Y-%m-%d %H:%M:%S')}")
         except OSError as e:
             raise UserError(f"cannot write to out_dir {self.path}: {e.strerror}") from None
-        if not self.resume and holds_run(self.path):
-            if not self.overwrite:
-                raise UserError(f"{self.path} already holds a run; continue it with "
-                                "--init_from=resume, choose another --out_dir, or start over with "
-                                "--overwrite=True")
-            from ring.checkpoint import remove  # only the files a run writes, nothing else in out_dir
+        if not self.resume and holds_run(self.path) and not self.overwrite:
+            raise UserError(f"{self.path} already holds a run; continue it with "
+                            "--init_from=resume, choose another --out_dir, or start over with "
+                            "--overwrite=True")
+        return self
+
+    def start(self):
+        """Begin writing: with --overwrite, remove the earlier run's own files (nothing else in
+        out_dir), then open TensorBoard. Called once the data and the model are ready."""
+        if not self.is_main:
+            return
+        if not self.resume and self.overwrite and holds_run(self.path):
+            from ring.checkpoint import remove
 
             for name in RUN_FILES:
                 remove(self.path / name)
+        self._created = False  # the run's files go here now
         if self.tensorboard:
             self._open_tensorboard()
-        return self
 
     def _take_lock(self):
         """An exclusive lock on the directory itself, which the OS releases when the process ends,
@@ -134,8 +148,8 @@ class RunDirectory:
             os.close(self._lock)
             self._lock = None
             try:
-                holder = (self.path / ".lock").read_text().strip()
-            except OSError:
+                holder = (self.path / ".lock").read_text()[:200].strip()
+            except (OSError, UnicodeDecodeError):
                 holder = "another process"
             raise UserError(f"{self.path} is in use by another run ({holder}); wait for it to "
                             "finish or choose another --out_dir") from None
@@ -148,38 +162,45 @@ class RunDirectory:
                             "tensorboard)") from None
         self._writer = SummaryWriter(str(self.path / "tensorboard"), purge_step=purge_step)
 
-    def continue_log(self, log_bytes, iter_num):
+    def log_position(self):
+        """Where metrics.jsonl stands now (its size and the sha256 of its bytes): stored in each
+        resumable checkpoint, so that a resume continues the log exactly there."""
+        path = self.path / "metrics.jsonl"
+        data = path.read_bytes() if path.is_file() else b""
+        return {"log_bytes": len(data), "log_sha256": hashlib.sha256(data).hexdigest()}
+
+    def continue_log(self, saved, iter_num):
         """On resume: drop what metrics.jsonl (and TensorBoard) got after the checkpoint was saved,
-        so every iteration is logged once. log_bytes is the file's size at that save (None for
-        checkpoints written before it was recorded: then rows after iter_num are dropped)."""
+        so every iteration is logged once. A log that no longer starts with what it held then (cut
+        short, replaced or edited) is refused in one line: resuming would silently mix two logs."""
         if not self.is_main:
             return
-        path = self.path / "metrics.jsonl"
-        if path.is_file():
-            if log_bytes is not None and path.stat().st_size >= log_bytes:
-                os.truncate(path, log_bytes)
-            else:
-                rows = [line for line in path.read_text().splitlines()
-                        if line.strip() and json.loads(line).get("iter", 0) <= iter_num]
-                path.write_text("".join(row + "\n" for row in rows))
+        path, size = self.path / "metrics.jsonl", saved["log_bytes"]
+        data = path.read_bytes()[:size] if path.is_file() and not path.is_symlink() else b""
+        if len(data) < size or hashlib.sha256(data).hexdigest() != saved["log_sha256"]:
+            raise UserError(f"{path} is not the log that {self.path / 'last'} was saved with (cut "
+                            "short, replaced or edited since); put the original back, or move it "
+                            "away to resume with a new log")
+        if size:
+            os.truncate(path, size)
+        elif path.is_file():
+            path.unlink()
         if self.tensorboard:
             self._writer.close()
             self._open_tensorboard(purge_step=iter_num + 1)
-
-    def log_bytes(self):
-        """The size of metrics.jsonl now: stored in each checkpoint, for continue_log."""
-        path = self.path / "metrics.jsonl"
-        return path.stat().st_size if path.is_file() else 0
 
     def log(self, row):
         """Append one row to metrics.jsonl (and its numbers to TensorBoard)."""
         if not self.is_main:
             return
+        path = self.path / "metrics.jsonl"
         try:
-            with open(self.path / "metrics.jsonl", "a") as f:
+            if path.is_symlink():
+                raise OSError(errno.ELOOP, "a link, not a file", str(path))
+            with open(path, "a") as f:
                 f.write(json.dumps(row) + "\n")
         except OSError as e:
-            raise UserError(f"cannot write {self.path / 'metrics.jsonl'}: {e.strerror}") from None
+            raise UserError(f"cannot write {path}: {e.strerror}") from None
         if self._writer is not None:
             for key, value in row.items():
                 number = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -194,6 +215,8 @@ class RunDirectory:
             (self.path / ".lock").unlink(missing_ok=True)
             os.close(self._lock)  # releases the lock
             self._lock = None
+            if self._created and not any(self.path.iterdir()):
+                self.path.rmdir()  # a run that stopped before writing leaves no empty out_dir
 
     def __enter__(self):
         return self
@@ -202,69 +225,78 @@ class RunDirectory:
         self.close()
 
 
+def write_text_here(path, text):
+    """Write a small file that this project owns (.lock), never through a link: a link planted
+    there is removed, not followed."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        path.unlink()  # a link, not ours to follow
+        fd = os.open(path, flags, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 # --------------------------------------------------------------------------------------------------
 # What a run prints: progress lines, and where it ended
 
 
 class Progress:
     """Every log_interval steps: the mean loss over the step's batch and all processes, the learning
-    rate, ms per step, tokens/s, MFU and the time left, printed and logged."""
+    rate, ms per step, tokens/s, MFU (the model's FLOPs per second over the device's peak) and the
+    time left, printed and logged. It is given plain numbers."""
 
-    def __init__(self, t):
-        self.t, self.peak = t, t.cfg.peak_flops or peak_flops(t.rt)
-        self.restart()
+    def __init__(self, run_dir, is_main, flops_per_token, peak_flops):
+        self.run_dir, self.is_main = run_dir, is_main
+        self.flops_per_token, self.peak = flops_per_token, peak_flops
+        self.restart(0, 0)
 
-    def restart(self):
-        self.start, self.steps, self.tokens = time.time(), 0, self.t.objective.tokens
+    def restart(self, iter_num, tokens):
+        """Time the steps from here (after an evaluation: evaluations are not steps)."""
+        self.start, self.iter_num, self.tokens = time.time(), iter_num, tokens
 
-    def tick(self, loss, grad_norm, lr):
-        t, cfg = self.t, self.t.cfg
-        self.steps += 1
-        it = t.state.iter_num
-        if it % cfg.log_interval and it != cfg.max_iters:
-            return
-        loss = mean_over_ranks(t.rt, loss).item()  # waits for the device: timings below are real
+    def report(self, iter_num, loss, grad_norm, lr, tokens, steps_left, evaluation_seconds_left):
         elapsed = time.time() - self.start
-        ms = 1000 * elapsed / self.steps
-        tokens_per_s = (t.objective.tokens - self.tokens) / elapsed
-        evals_left = (cfg.max_iters // cfg.eval_interval - it // cfg.eval_interval
-                      + t.objective.evaluations_left(it, cfg.max_iters) + 1)
-        eta = (cfg.max_iters - it) * ms / 1000 + evals_left * t.eval_seconds
-        row = {"iter": it, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(), "ms_per_iter": ms,
-               "tokens_per_s": tokens_per_s}
+        ms = 1000 * elapsed / max(iter_num - self.iter_num, 1)
+        tokens_per_s = (tokens - self.tokens) / elapsed
+        eta = steps_left * ms / 1000 + evaluation_seconds_left
+        row = {"iter": iter_num, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+               "ms_per_iter": ms, "tokens_per_s": tokens_per_s}
         if self.peak:
-            row["mfu"] = t.raw.flops_per_token() * tokens_per_s / self.peak
-        t.run_dir.log(row)
+            row["mfu"] = self.flops_per_token * tokens_per_s / self.peak
+        self.run_dir.log(row)
         mfu = f" | mfu {100 * row['mfu']:.1f}%" if self.peak else ""
-        print0(t.rt, f"iter {it}: loss {loss:.4f} | lr {lr:.2e} | {ms:.1f} ms/iter | "
-                     f"{tokens_per_s:,.0f} tok/s{mfu} | eta {duration(eta)}")
-        self.restart()
+        if self.is_main:
+            print(f"iter {iter_num}: loss {loss:.4f} | lr {lr:.2e} | {ms:.1f} ms/iter | "
+                  f"{tokens_per_s:,.0f} tok/s{mfu} | eta {duration(eta)}", flush=True)
+        self.restart(iter_num, tokens)
 
 
-def last_evaluation(state):
-    """'; its last evaluation, at iter N: val_loss ...' for a TrainState, or ''."""
-    if not state.metrics:
+def last_evaluation(evaluated_at, metrics):
+    """'; its last evaluation, at iter N: val_loss ...', or ''."""
+    if not metrics:
         return ""
-    return f"; its last evaluation, at iter {state.evaluated_at}: {summary(state.metrics)}"
+    return f"; its last evaluation, at iter {evaluated_at}: {summary(metrics)}"
 
 
-def report_end(t):
+def report_end(is_main, last, iter_num, stopped_by, evaluated_at, metrics):
     """The last line says where the run stopped and which evaluation its numbers come from."""
-    state, stopped_by = t.state, t.stopped_by
+    if not is_main:
+        return
     how = f"stopped by {stopped_by}" if stopped_by else "done"
-    how += f" at iter {state.iter_num}"
-    evaluated = last_evaluation(state) or "; not evaluated yet"
-    print0(t.rt, f"{how}; saved {t.run_dir.path / 'last'}{evaluated}")
+    evaluated = last_evaluation(evaluated_at, metrics) or "; not evaluated yet"
+    print(f"{how} at iter {iter_num}; saved {last}{evaluated}", flush=True)
     if stopped_by:
-        print0(t.rt, "continue with --init_from=resume and the same settings")
+        print("continue with --init_from=resume and the same settings", flush=True)
 
 
 def summary(metrics):
-    return ", ".join(f"{k} {fmt(v)}" for k, v in metrics.items() if isinstance(v, (int, float)))
-
-
-def fmt(v):
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
+    return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in metrics.items()
+                     if isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
 def duration(seconds):

@@ -14,19 +14,17 @@ Everything here is plumbing that the training scripts call by one name each:
 
 import contextlib
 import gc
-import json
 import os
 import signal
 import sys
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from ring.config import UserError
-from model import replace_linears
 
 # --------------------------------------------------------------------------------------------------
 # Device and precision
@@ -111,6 +109,10 @@ class Runtime:
     def is_main(self):
         return self.rank == 0
 
+    def describe(self):
+        return (f"device {self.device} | dtype {self.dtype} | processes {self.world_size} | "
+                f"threads {torch.get_num_threads()}")
+
     def autocast(self):
         if self.dtype == "float32":
             return contextlib.nullcontext()
@@ -160,14 +162,11 @@ def print0(rt, *args, **kwargs):
 
 
 @contextlib.contextmanager
-def session(cfg):
+def session(device="auto", dtype="auto"):
     """What every run does around its work: resolve device and precision (joining the DDP process
-    group under torchrun), print the settings, and leave the process group however the run ends."""
-    rt = setup_runtime(cfg.device, cfg.dtype)
+    group under torchrun), and leave the process group however the run ends."""
+    rt = setup_runtime(device, dtype)
     try:
-        print0(rt, json.dumps(asdict(cfg), indent=1))
-        print0(rt, f"device {rt.device} | dtype {rt.dtype} | compile {cfg.compile} | "
-                   f"processes {rt.world_size} | threads {torch.get_num_threads()}")
         yield rt
     finally:
         if rt.world_size > 1:
@@ -250,7 +249,8 @@ def maybe_compile(model, enabled, rt, trial):
     Compile errors only show at the first call, so trial(compiled) makes one, the RNG state kept."""
     if not enabled:
         return model
-    # Dynamo traces through functools.lru_cache (model.causal_mask): what we want, but it warns.
+    # Dynamo traces through functools.lru_cache (the cached masks of fastpaths.py): what we want,
+    # but it warns.
     warnings.filterwarnings("ignore", message=".*functools.lru_cache.*-wrapped function")
     if rt.device_type == "cpu":
         # On CPU, inductor writes the token embedding's gradient as a parallel scatter with atomic
@@ -332,71 +332,3 @@ class StopRequest:
     def __exit__(self, *exc):
         for s, handler in self.previous.items():
             signal.signal(s, handler)
-
-
-# --------------------------------------------------------------------------------------------------
-# Generation at the speed of memory (sample.py's for_inference)
-
-
-class PackedLinear(torch.nn.Module):
-    """A bf16 nn.Linear for CPU generation, its weight reordered once into oneDNN's blocked layout.
-
-    nn.Linear hands oneDNN the plain (out, in) weight, and oneDNN reorders it at every call; for one
-    token that copy costs as much as the product itself (bf16 decode reached 31% of the
-    memory-bandwidth roofline, 59-70% with packing and model.explicit_attention's one-query path;
-    README). The two ops are PyTorch's own (torch.ops.mkldnn), but private: pack_for_cpu falls back
-    to plain layers without them."""
-
-    def __init__(self, linear):
-        super().__init__()
-        packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1)
-        self.register_buffer("packed", packed)
-        self.bias = linear.bias
-
-    def forward(self, x):
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-
-
-def pack_for_cpu(model):
-    """Every nn.Linear of a bf16 model on a CPU as a PackedLinear (in place), where oneDNN can do
-    it; returns whether it did."""
-    ops = torch.ops.mkldnn
-    if not (torch.backends.mkldnn.is_available() and hasattr(ops, "_reorder_linear_weight")
-            and hasattr(ops, "_linear_pointwise")):
-        return False
-    replace_linears(model, PackedLinear)
-    return True
-
-
-class RowDotLinear(torch.nn.Module):
-    """For a compiled decode: one row x times W as elementwise products summed along each row of W,
-    a loop that torch.compile (inductor) turns into one pass over the weights at memory speed, where
-    MKL's matrix-vector product reads them at half that on CPUs it does not tune for (AMD's: 16
-    against 38 GB/s; README). Several rows (the prompt) still go through the ordinary product."""
-
-    def __init__(self, linear):
-        super().__init__()
-        self.weight, self.bias = linear.weight, linear.bias
-
-    def forward(self, x):
-        if x.shape[:-1].numel() != 1:
-            return torch.nn.functional.linear(x, self.weight, self.bias)
-        y = (self.weight * x.unsqueeze(-2)).sum(-1)  # (..., 1, in) * (out, in) -> (..., out)
-        return y if self.bias is None else y + self.bias
-
-
-def compile_for_decode(model, rt):
-    """model with RowDotLinear layers and a compiled forward, or model unchanged (one-line warning)
-    if compiling fails. Worth it for long float32 generations: compiling takes 10-40 s on a CPU."""
-    import torch._inductor.config as inductor
-
-    # Without this, inductor recomputes each LayerNorm inside the matrix-vector loop that reads it.
-    inductor.realize_reads_threshold = 1
-    replace_linears(model, RowDotLinear)
-
-    def trial(compiled):
-        idx = torch.zeros(1, 2, dtype=torch.long, device=rt.device)
-        with torch.no_grad():
-            compiled(idx)
-
-    return maybe_compile(model, True, rt, trial)

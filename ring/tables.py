@@ -262,6 +262,7 @@ class LabelledTexts:
     tokens: list  # one uint16 array per example, at most block_size tokens (see truncate)
     labels: np.ndarray  # the label name of each example (str)
     source: str  # where they come from, for messages
+    note: str = ""  # what reading the file found, to print (rows skipped, texts cut)
 
     def __len__(self):
         return len(self.labels)
@@ -322,8 +323,7 @@ def load_labelled_file(path, text_column, label_column, tokenizer, block_size, t
         note += f"; skipped {rows} with an empty text or label ({_lines(stats['skipped_lines'])})"
     if stats["truncated"]:
         note += f"; {stats['truncated']:,} texts cut to {block_size} tokens ({truncation})"
-    print(note)
-    return LabelledTexts(texts, tokens, labels, str(path))
+    return LabelledTexts(texts, tokens, labels, str(path), note)
 
 
 def table_texts(row, text_columns):
@@ -412,6 +412,7 @@ def sample_of(split, n, seed):
 class ClassificationData:
     labels: list  # the label names; class i is labels[i]
     splits: dict  # "train", "val", "test" -> LabelledTexts
+    notes: list  # what reading and checking the data found, to print (on one process)
 
     def targets(self, split):
         """The class ids of a split's examples."""
@@ -440,6 +441,7 @@ def load_classification_data(dataset, tokenizer, data_dir, *, val_dataset="", te
     splits = {name: load_labelled_file(paths[name], text_column, label_column, tokenizer,
                                        block_size, truncation, cache_dir)
               for name in ("train", "val", "test") if name in paths}
+    loaded = list(splits.values())
 
     train = splits["train"]
     labels = sorted_labels(train.labels)
@@ -464,32 +466,35 @@ def load_classification_data(dataset, tokenizer, data_dir, *, val_dataset="", te
             raise UserError(f"{splits[name].source}: label '{unseen[0]}' ({rows}){more} never "
                             f"occurs in the training data (labels: {', '.join(labels)})")
     splits = {name: splits[name] for name in ("train", "val", "test")}
-    splits = report_leakage(splits, drop_leaked)
+    splits, notes = report_leakage(splits, drop_leaked)
     limits = {"train": max_train_samples, "val": max_val_samples, "test": max_test_samples}
     for name, n in limits.items():
         splits[name] = sample_of(splits[name], n, seed)
-    data = ClassificationData(labels, splits)
+    notes = [s.note for s in loaded] + notes
+    data = ClassificationData(labels, splits, notes)
     for name, split in data.splits.items():
         counts = np.bincount(data.targets(name), minlength=len(labels))
         shown = ", ".join(f"{label} {n:,}" for label, n in zip(labels, counts))
-        print(f"{name}: {len(split):,} examples ({shown}) from {split.source}")
+        notes.append(f"{name}: {len(split):,} examples ({shown}) from {split.source}")
     return data
 
 
 def report_leakage(splits, drop_leaked):
-    """Print the texts that two splits share (exact and near duplicates, see leakage.py); with
-    drop_leaked, return the training split without them. Returns the splits."""
+    """The texts that two splits share (exact and near duplicates, see leakage.py), reported; with
+    drop_leaked, the training split without them. Returns (splits, lines to print)."""
     report = find_leakage({name: s.texts for name, s in splits.items()},
                           {name: s.labels.tolist() for name, s in splits.items()},
                           train_split="train")
     leaked = {key: sum(len(d.rows_b) for d in dups.values()) for key, dups in report.pairs.items()}
+    notes = []
     if any(leaked.values()):
-        print(format_report(report))
-        print("warning: leakage: scores on a split that shares texts with train are optimistic"
-              + ("" if drop_leaked else " (--drop_leaked=True removes them from train)"))
+        notes.append(format_report(report))
+        notes.append("warning: leakage: scores on a split that shares texts with train are "
+                     "optimistic" + ("" if drop_leaked else " (--drop_leaked=True removes them "
+                                                            "from train)"))
     if drop_leaked and report.train_drop:
         train = splits["train"]
         kept = np.setdiff1d(np.arange(len(train)), np.asarray(sorted(report.train_drop)))
         source = f"{train.source} less {len(train) - len(kept):,} texts shared with other splits"
         splits = {**splits, "train": train.subset(kept, source)}
-    return splits
+    return splits, notes

@@ -23,7 +23,8 @@ import train
 from ring.config import UserError
 from conftest import tiny_config
 from hf_import import export_hf
-from model import GPT
+from model import GPT, load_model
+from ring.download import sha256_of
 from ring.rundir import RunDirectory
 from test_train import TEXT, interrupt_during_micro_batch, metrics, tiny_run, train_losses
 
@@ -66,7 +67,7 @@ def test_kill_during_a_save_leaves_a_checkpoint_that_resumes_exactly(tmp_path, k
     out = str(tmp_path / "killed")
     result = run_script(KILL_DURING_SAVE, out, *tiny_run(tmp_path, "killed"), env={"KILL_AT": kill_at})
     assert result.returncode == -signal.SIGKILL
-    model, info = checkpoint.load_model(checkpoint.find_checkpoint(Path(out) / "last"))  # loadable
+    model, info = load_model(checkpoint.find_checkpoint(Path(out) / "last"))  # loadable
     train.main(tiny_run(tmp_path, "killed", init_from="resume"))
     assert same_weights(tmp_path / "straight" / "last", tmp_path / "killed" / "last")
     assert train_losses(tmp_path / "killed") == train_losses(tmp_path / "straight")
@@ -121,8 +122,16 @@ def test_resume_refuses_what_would_change_the_meaning_of_the_weights(tmp_path):
     assert info["tokenizer"]["chars"] == "".join(sorted(set(TEXT)))  # untouched
 
 
+def resign(directory):
+    """Rewrite a checkpoint's SHA256SUMS after editing its files by hand, so that what the edit
+    broke, not the checksum, is what loading must find."""
+    names = sorted(p.name for p in directory.iterdir() if p.name != "SHA256SUMS")
+    (directory / "SHA256SUMS").write_text("".join(f"{sha256_of(directory / n)}  {n}\n" for n in names))
+
+
 def damage(directory, how):
     config = directory / "config.json"
+    sums = directory / "SHA256SUMS"
     if how == "bit flip":
         data = bytearray((directory / "model.safetensors").read_bytes())
         data[-100] ^= 0x10
@@ -130,10 +139,14 @@ def damage(directory, how):
     elif how == "truncated weights":
         path = directory / "model.safetensors"
         path.write_bytes(path.read_bytes()[:-1000])
-    elif how == "no sums":  # an older checkpoint without SHA256SUMS: loads unchecked (no damage)
-        (directory / "SHA256SUMS").unlink()
+    elif how == "no sums":  # deleting one file must not turn every check off
+        sums.unlink()
+    elif how == "unlisted":  # nor deleting one line
+        sums.write_text("".join(line + "\n" for line in sums.read_text().splitlines()
+                                if "model.safetensors" not in line))
+    elif how == "garbled sums":
+        sums.write_text("not a checksum\n")
     else:
-        (directory / "SHA256SUMS").unlink()  # hand-edited: the sums would no longer match anyway
         info = json.loads(config.read_text())
         if how == "no model":
             del info["model"]
@@ -141,36 +154,46 @@ def damage(directory, how):
             del info["tokenizer"]
         elif how == "n_head":
             info["model"]["n_head"] = 3
+        elif how == "huge n_layer":
+            info["model"]["n_layer"] = 10**6
+        elif how == "huge n_embd":
+            info["model"]["n_embd"] = 10**9
+        elif how == "n_layer not the file's":
+            info["model"]["n_layer"] = 3
+        elif how == "string dropout":
+            info["model"]["dropout"] = "0.1"
         elif how == "int weights":
             weights = load_file(directory / "model.safetensors")
             weights["transformer.ln_f.bias"] = weights["transformer.ln_f.bias"].to(torch.int32)
             save_file(weights, directory / "model.safetensors")
         config.write_text(json.dumps(info))
+        resign(directory)
 
 
 @pytest.mark.parametrize("how, message", [
     ("bit flip", r"model.safetensors is damaged: its sha256 is not the one in SHA256SUMS"),
     ("truncated weights", r"model.safetensors is damaged"),
+    ("no sums", r"best is damaged: it has no SHA256SUMS, so its files cannot be checked"),
+    ("unlisted", r"model.safetensors is not listed in SHA256SUMS, so it cannot be checked"),
+    ("garbled sums", r"SHA256SUMS is damaged: line 1 is not '<sha256>  <file name>'"),
     ("no model", r"config.json is damaged: it has no 'model' section"),
     ("no tokenizer", r"config.json is damaged: it names no tokenizer"),
     ("n_head", r"config.json is damaged: model.n_embd 32 is not divisible by n_head 3"),
-    ("int weights", r"transformer.ln_f.bias holds torch.int32, not floating-point weights"),
+    ("huge n_layer", r"config.json is damaged: model.n_layer is 1000000, not an integer in \[1, 1024\]"),
+    ("huge n_embd", r"config.json is damaged: model.n_embd is 1000000000, not an integer in"),
+    ("n_layer not the file's", r"model.safetensors holds 2 blocks, its config.json says n_layer 3"),
+    ("string dropout", r"config.json is damaged: model.dropout is '0.1', not a number in \[0, 1\)"),
+    ("int weights", r"transformer.ln_f.bias holds I32 numbers, not floating-point weights"),
 ])
 def test_a_damaged_checkpoint_is_one_line_naming_the_file(tmp_path, how, message):
     train.main(tiny_run(tmp_path, max_iters=2))
     damage(tmp_path / "out" / "best", how)
     with pytest.raises(UserError, match=message) as e:
-        checkpoint.load_model(tmp_path / "out" / "best")
+        load_model(tmp_path / "out" / "best")
     assert "\n" not in str(e.value)
     result = subprocess.run([sys.executable, "sample.py", "--out_dir", str(tmp_path / "out"), "--device=cpu"],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
-
-
-def test_a_checkpoint_without_sums_still_loads(tmp_path):
-    train.main(tiny_run(tmp_path, max_iters=2))
-    damage(tmp_path / "out" / "best", "no sums")
-    checkpoint.load_model(tmp_path / "out" / "best")
 
 
 def test_checkpoint_files_get_the_usual_permissions(tmp_path):
@@ -190,7 +213,7 @@ def test_a_train_state_without_its_optimizer_is_refused(tmp_path):
     state = torch.load(last / "train_state.pt", weights_only=True)
     del state["optimizer"]
     torch.save(state, last / "train_state.pt")
-    (last / "SHA256SUMS").unlink()
+    resign(last)
     with pytest.raises(UserError, match="train_state.pt has no optimizer state: the checkpoint is damaged"):
         train.main(tiny_run(tmp_path, init_from="resume"))
 
@@ -264,7 +287,7 @@ def test_disk_full_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(t
     with pytest.raises(UserError, match=r"could not write .*out/(best|last): No space left on device"):
         train.main(tiny_run(tmp_path, init_from="resume", max_iters=4))
     monkeypatch.undo()
-    after, _ = checkpoint.load_model(tmp_path / "out" / "last")
+    after, _ = load_model(tmp_path / "out" / "last")
     assert all(torch.equal(before[k], v) for k, v in load_file(tmp_path / "out" / "last" / "model.safetensors").items())
 
 

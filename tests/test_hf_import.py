@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 from transformers import (AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel,
                           GPT2Tokenizer)
 
-from ring.checkpoint import empty_model, load_model, save_checkpoint
+from model import load_model, tensor_shapes
+from ring.checkpoint import save_checkpoint
 from ring.config import UserError, run_main
 from conftest import tiny_config
 from data import GPT2Tokenizer as OurGPT2Tokenizer
@@ -134,7 +135,7 @@ def test_official_layout_of_gpt2_has_148_weights():
     """OpenAI's gpt2 on the hub is a GPT2Model file: no "transformer." prefix, and a causal-mask buffer per block.
     Checked at full size on the meta device (shapes only, no memory)."""
     config = GPTConfig()
-    ours = {k: v for k, v in empty_model(config).state_dict().items() if k != "lm_head.weight"}
+    ours = {k: torch.empty(shape, device="meta") for k, shape in tensor_shapes(config).items()}
     hf = {k.removeprefix("transformer."): v for k, v in ours_to_hf(ours, config).items()}
     for i in range(config.n_layer):
         hf[f"h.{i}.attn.bias"] = torch.empty(1, 1, 1024, 1024, device="meta")

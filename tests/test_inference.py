@@ -3,14 +3,13 @@
 import pytest
 import torch
 
-from ring import runtime
+from ring import fastpaths
 import sample
 import train
-from ring.checkpoint import load_model
 from conftest import tiny_config
 from data import tokenizer_from_dict
 from evaluate import language_model_loss
-from model import GPT
+from model import GPT, load_model
 from quantize import Int8Linear, quantize_rows
 from ring.runtime import setup_runtime
 from test_train import tiny_run
@@ -65,9 +64,9 @@ def test_packed_bf16_layers_compute_what_plain_ones_do():
     idx = torch.randint(0, 37, (2, 9))
     with torch.no_grad():
         plain, _ = model(idx, targets=idx)
-        if not runtime.pack_for_cpu(model):
+        if not fastpaths.pack_for_cpu(model):
             pytest.skip("this PyTorch has no oneDNN linear packing")
-        assert any(isinstance(m, runtime.PackedLinear) for m in model.modules())
+        assert any(isinstance(m, fastpaths.PackedLinear) for m in model.modules())
         packed, _ = model(idx, targets=idx)
     torch.testing.assert_close(packed.float(), plain.float(), atol=0.02, rtol=0.01)
 
@@ -87,6 +86,6 @@ def test_a_decode_that_fails_to_compile_falls_back_to_eager(monkeypatch, capsys)
     model = GPT(tiny_config()).eval()
     prompt = torch.zeros(1, 3, dtype=torch.long)
     expected = sample.generate(model, prompt, 5, temperature=0)
-    fast = runtime.compile_for_decode(model, setup_runtime("cpu", "float32"))
+    fast = fastpaths.compile_for_decode(model, setup_runtime("cpu", "float32"))
     assert "torch.compile failed (RuntimeError: no C++ compiler); running eager" in capsys.readouterr().out
     assert torch.equal(sample.generate(fast, prompt, 5, temperature=0), expected)  # row-dot layers
