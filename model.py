@@ -264,7 +264,9 @@ class GPT(nn.Module):
             return self.lm_head(x[:, [-1], :]), None
         logits = self.lm_head(x)  # (B, T, V)
         V = logits.size(-1)
-        loss = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=-1)
+        # The loss in float32 whatever the activations' precision: in bf16 its log-softmax over
+        # 50,257 tokens would round the reported loss (2.234 instead of 2.230).
+        loss = F.cross_entropy(logits.reshape(-1, V).float(), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     def flops_per_token(self, T=None):
@@ -328,7 +330,7 @@ class GPTClassifier(GPT):
         last = (lengths - 1).clamp(min=0)  # (B,): the index of each text's last real token
         pooled = x[torch.arange(idx.size(0), device=idx.device), last]  # (B, C)
         logits = self.score(pooled)  # (B, n_classes)
-        loss = None if labels is None else F.cross_entropy(logits, labels)
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels)  # float32
         return logits, loss
 
     @classmethod
