@@ -201,7 +201,7 @@ def bench_train(args, overrides):
                                  "init_from": "scratch", "eval_interval": cfg.max_iters + 1,
                                  "log_interval": max(1, cfg.max_iters // 6),
                                  "peak_flops": statistics.median(peak)})
-            model, _ = build_model(run, meta, rt)
+            model, _ = build_model(run, meta, None)
             model.to(rt.device)
             objective = LanguageModelling(run, rt, data_dir, meta)
             with RunDirectory(tmp) as run_dir:

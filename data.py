@@ -4,22 +4,23 @@ From text on disk to batches of token ids.
 1. Tokenizers turn text into integer ids and back: a character-level one whose vocabulary is built
    from the text, and GPT-2's byte-level BPE (through tiktoken; its files ship in tokenizer/, so
    it works offline).
-2. prepare_lm_data tokenizes a text once into train.bin / val.bin (uint16 arrays on disk).
-3. LMBatches samples (x, y) windows from them for a language model: y is x shifted by one token, so
-   every position learns to predict the token after it.
+2. prepare_lm_data turns a corpus of documents into token shards once: each document preceded by
+   <|endoftext|>, whole documents held out for validation, uint16 ids in files on disk.
+3. LMBatches samples (x, y) windows from the shards for a language model: y is x shifted by one
+   token, so every position learns to predict the token after it.
 4. pad_batch and LengthBatches make batches of labelled texts for a classifier (the tables they come
    from are read by tables.py).
 """
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ring import corpus
 from ring.config import UserError
-from ring.download import download, gpt2_encoding, sha256_of
+from ring.download import HUB_CORPORA, download, fetch_hub_corpus, gpt2_encoding
 
 # --------------------------------------------------------------------------------------------------
 # Tokenizers
@@ -41,8 +42,13 @@ class CharTokenizer:
     def encode(self, text):
         try:
             return [self.stoi[c] for c in text]
-        except KeyError as e:
-            raise UserError(f"character {e.args[0]!r} is not in this model's vocabulary") from None
+        except KeyError:
+            unknown = "".join(sorted(set(text) - set(self.stoi)))
+            raise UserError(f"{len(unknown)} characters are not in this model's vocabulary: "
+                            f"{unknown[:20]!r}") from None
+
+    def encode_batch(self, texts, workers=1):
+        return [self.encode(text) for text in texts]
 
     def decode(self, ids):
         return "".join(self.chars[i] for i in ids)
@@ -62,6 +68,10 @@ class GPT2Tokenizer:
 
     def encode(self, text):
         return self.enc.encode_ordinary(text)  # "<|endoftext|>" in a text is plain text
+
+    def encode_batch(self, texts, workers=1):
+        """Many texts at once, in order, on `workers` threads (tiktoken's own batch encoding)."""
+        return self.enc.encode_ordinary_batch(texts, num_threads=workers)
 
     def decode(self, ids):
         return self.enc.decode(list(ids))
@@ -85,32 +95,65 @@ def tokenizer_from_dict(d):
 
 
 # --------------------------------------------------------------------------------------------------
-# Text to token ids
+# Documents into token shards
 
-# Built-in text datasets: name -> (the copy shipped in this repository, its sha256, where it comes
-# from). A missing shipped copy is downloaded into data_dir instead.
-TEXT_DATASETS = {
+# A corpus is a sequence of documents: web pages, books, reviews. GPT-2 was trained on documents
+# laid end to end with <|endoftext|> between them, so each document here is preceded by that token
+# (GPT-2's tokenizer has it; the character tokenizer has none): the model sees where a text starts,
+# and learns that what comes after <|endoftext|> owes nothing to what came before it.
+#
+# The tokens go into shards, files of a fixed number of uint16 ids (every GPT-2 id is below 2^16)
+# behind a small header, the format of llm.c that the pre-tokenized FineWeb uses. A shard is written
+# once, checked by its sha256, and memory-mapped when training: the sampler below reads only the
+# windows it draws, so 10B tokens (20 GB) train as easily as 1M, whatever the RAM.
+#
+# Which documents are for validation: a seeded hash of each document's text decides (whole
+# documents, the same ones every time). A single .txt file is one document; as before, its first
+# 90% of characters are for training and the rest for validation.
+
+TEXT_DATASETS = {  # built-in texts: name -> (the copy shipped here, its sha256, where it comes from)
     "shakespeare": (
         Path(__file__).parent / "datasets" / "shakespeare" / "input.txt",
         "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
         "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
     ),
 }
+SPLIT_SEED = 1337  # which documents are held out does not change with a run's --seed
 
 
-def resolve_text_dataset(dataset, data_dir):
-    """The path of a text dataset: a built-in name (shipped, else downloaded) or a .txt path."""
+def prepare_lm_data(dataset, tokenizer, data_dir, *, val_fraction=0.1, text_column="", workers=0,
+                    tokens_needed=0):
+    """The train and val token shards of a dataset, prepared once and cached in data_dir; returns
+    (directory, manifest). The manifest says what the shards hold: source, tokenizer, documents and
+    tokens per split, each shard's token count and sha256, all checked before it is returned.
+
+    dataset: a built-in name (shakespeare; fineweb10B or finewebedu10B, pre-tokenized shards from
+    the Hugging Face hub, of which only the validation shard and the tokens_needed of training are
+    fetched), a .txt file, a folder of .txt files (one document each), a .jsonl, .csv or .tsv
+    (optionally .gz) with one document a row in text_column, or a folder of .bin shards. tokenizer:
+    "char", "gpt2", or a checkpoint's tokenizer dict (a char model's own vocabulary: its text is
+    encoded with it). workers: tokenizer threads (0: one per core)."""
+    tok = tokenizer if isinstance(tokenizer, dict) else {"type": tokenizer}
+    source = resolve_dataset(dataset, data_dir, tokens_needed)
+    return corpus.prepare(source, tok, Path(data_dir), tokenizer_from_dict, val_fraction,
+                          text_column, workers or os.cpu_count() or 1, SPLIT_SEED)
+
+
+def resolve_dataset(dataset, data_dir, tokens_needed=0):
+    """The path of a dataset: a built-in name (shipped, or downloaded into data_dir) or a path."""
     if dataset in TEXT_DATASETS:
         shipped, sha256, url = TEXT_DATASETS[dataset]
         if shipped.is_file():
             return shipped
         return download(url, Path(data_dir) / dataset / "input.txt", sha256,
                         what="the path of a local copy as --dataset")
+    if dataset in HUB_CORPORA:
+        return fetch_hub_corpus(dataset, Path(data_dir) / dataset, tokens_needed)
     path = Path(dataset)
-    if not path.is_file():
-        names = ", ".join(TEXT_DATASETS)
+    if not path.exists():
+        names = ", ".join([*TEXT_DATASETS, *HUB_CORPORA])
         raise UserError(f"dataset '{dataset}' is neither a built-in name ({names}) nor an existing "
-                        "text file")
+                        "file or folder")
     return path
 
 
@@ -125,57 +168,42 @@ def read_text(path):
         raise UserError(f"cannot read {path} ({e.strerror})") from None
 
 
-def prepare_lm_data(dataset, tokenizer_name, data_dir, val_fraction=0.1):
-    """Tokenize a text once into <data_dir>/<name>-<tokenizer>-<hash>/{train,val}.bin and meta.json.
-
-    The first 90% of the text (by default) is for training and the contiguous tail for validation.
-    The result is reused until the source text (by sha256) or the tokenizer changes. Returns (dir,
-    meta)."""
-    source = resolve_text_dataset(dataset, data_dir)
-    source_sha = sha256_of(source)
-    # The hash is in the name: two files called book.txt in different folders do not share a cache.
-    out = Path(data_dir) / f"{source.stem}-{tokenizer_name}-{source_sha[:8]}"
-    meta_path = out / "meta.json"
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("source_sha256") == source_sha and meta.get("val_fraction") == val_fraction:
-            return out, meta
-    text = read_text(source)
-    if not text.strip():
-        raise UserError(f"{source} is empty: there is no text to learn from")
-    tokenizer = get_tokenizer(tokenizer_name, text)
-    if tokenizer.vocab_size > 65536:
-        raise UserError("vocabularies larger than 65536 do not fit the uint16 token files")
-    split = int(len(text) * (1 - val_fraction))
-    out.mkdir(parents=True, exist_ok=True)
-    counts = {}
-    for name, part in (("train", text[:split]), ("val", text[split:])):
-        ids = np.array(tokenizer.encode(part), dtype=np.uint16)
-        tmp = out / f"{name}.bin.tmp{os.getpid()}"  # per process: two runs may prepare it at once
-        ids.tofile(tmp)
-        os.replace(tmp, out / f"{name}.bin")
-        counts[name] = len(ids)
-    meta = {"source": str(source), "source_sha256": source_sha, "val_fraction": val_fraction,
-            "tokenizer": tokenizer.to_dict(), "vocab_size": tokenizer.vocab_size,
-            "train_tokens": counts["train"], "val_tokens": counts["val"]}
-    tmp = out / f"meta.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, meta_path)  # written last: its presence means the .bin files are complete
-    return out, meta
-
-
-def load_tokens(directory, split):
-    """The token ids of a split as a read-only memmap (nothing is read until used)."""
-    return np.memmap(Path(directory) / f"{split}.bin", dtype=np.uint16, mode="r")
-
-
 # --------------------------------------------------------------------------------------------------
 # The batch sampler
 
 
+class TokenStream:
+    """The tokens of a split as one sequence, shard after shard (each a memmap: nothing is read
+    until used). Shards are consecutive pieces of one stream of documents, so a window may run
+    from the end of one shard into the next, as the text does."""
+
+    def __init__(self, shards):
+        self.shards = shards
+        self.starts = np.cumsum([0, *map(len, shards)])  # where each shard begins in the stream
+
+    def __len__(self):
+        return int(self.starts[-1])
+
+    def window(self, start, length):
+        """tokens[start : start + length], as int64."""
+        i = int(np.searchsorted(self.starts, start, side="right")) - 1
+        pieces = []
+        while length > 0:
+            begin = start - self.starts[i]
+            piece = self.shards[i][begin : begin + length]
+            pieces.append(piece.astype(np.int64))
+            start, length, i = start + len(piece), length - len(piece), i + 1
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+
+def load_tokens(directory, manifest, split):
+    """The tokens of a split (train or val) of prepared data, as a TokenStream."""
+    return TokenStream(corpus.open_split(directory, manifest, split))
+
+
 class LMBatches:
-    """Random windows of block_size + 1 tokens from a token array: x is the first block_size, y the
-    last.
+    """Random windows of block_size + 1 tokens from a token stream: x is the first block_size, y
+    the last.
 
     All randomness comes from one seeded torch.Generator, so the batches are reproducible and the
     state (the generator's) can be saved and restored for an exact resume."""
@@ -197,7 +225,7 @@ class LMBatches:
     def batch_at(self, offsets):
         """The (x, y) batch for a row of start positions: x, y (B, T) with y[:, t] = x[:, t+1]."""
         T = self.block_size
-        windows = [self.tokens[i : i + T + 1].astype(np.int64) for i in offsets.tolist()]
+        windows = [self.tokens.window(i, T + 1) for i in offsets.tolist()]
         xy = torch.from_numpy(np.stack(windows))  # (B, T + 1)
         return xy[:, :-1].contiguous(), xy[:, 1:].contiguous()
 

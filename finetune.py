@@ -243,6 +243,9 @@ HELP = {
                   "split)",
     "block_size": "context length in tokens; cls: texts are cut to it (batches are padded only to "
                   "their longest)",
+    "text_column": "the text column; several are joined, e.g. title,text (empty: guessed)",
+    "val_fraction": "cls: share of each label carved out of train for a missing val or test split; "
+                    "gen: of the documents held out for validation",
 }
 
 
@@ -258,15 +261,11 @@ class FinetuneConfig(with_defaults(TrainConfig, FINETUNING, HELP)):
                              0, ">= 0")
     lora_alpha: float = setting("LoRA scale numerator: the update is (lora_alpha / lora_rank) "
                                 "B A", 16.0, "> 0")
-    text_column: str = setting("cls: the text column; several are joined, e.g. title,text (empty: "
-                               "guessed)", "")
     label_column: str = setting("cls: the label column, names or integers (empty: guessed)", "")
     val_dataset: str = setting("cls: a validation file (empty: the dataset's own, else "
                                "val_fraction of train)", "")
     test_dataset: str = setting("cls: a test file (empty: the dataset's own, else val_fraction "
                                 "of train)", "")
-    val_fraction: float = setting("cls: share of each label carved out of train for a missing val "
-                                  "or test split", 0.1, "(0, 0.5)")
     truncation: str = setting("cls: which tokens of a text longer than block_size are kept",
                               "head", TRUNCATIONS)
     drop_leaked: bool = setting("cls: drop training texts that duplicate a val or test text", False)

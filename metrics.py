@@ -12,6 +12,7 @@ classifies the texts it is given.
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from ring.config import UserError
 from data import pad_batch
@@ -122,3 +123,49 @@ def classify_texts(model, tokenizer, texts, labels, device, batch_size=32, trunc
         for i, probs in zip(chunk, torch.softmax(logits.float(), dim=-1).tolist()):
             results[i] = (labels[int(np.argmax(probs))], probs)
     return results
+
+
+# --------------------------------------------------------------------------------------------------
+# HellaSwag: common-sense completion, scored the way GPT-2's were
+
+
+@torch.inference_mode()
+def hellaswag_scores(model, tokenizer, examples, device, batch_size=8):
+    """acc and acc_norm of a language model on HellaSwag examples, completion style ("HellaSwag: Can
+    a Machine Really Finish Your Sentence?", Zellers et al. 2019; as build-nanogpt and llm.c score
+    GPT-2): each of the four endings is appended to the context, " " + ending, and the model's
+    cross-entropy on the ending's tokens alone (given the context) is its cost. acc picks the ending
+    with the lowest summed cost, acc_norm the lowest mean cost per token, which does not favour short
+    endings. examples: dicts with ctx, endings (4) and label (ring.tables.read_hellaswag)."""
+    model.eval()
+    T = model.config.block_size
+    right = {"acc": 0, "acc_norm": 0}
+    for start in range(0, len(examples), batch_size):
+        rows, spans = [], []  # token ids of each (context + ending); where its ending starts
+        for example in examples[start : start + batch_size]:
+            context = tokenizer.encode(example["ctx"])
+            for ending in example["endings"]:
+                ids = (context + tokenizer.encode(" " + ending))[-(T + 1) :]  # the last T + 1
+                rows.append(ids)
+                spans.append(len(ids) - len(tokenizer.encode(" " + ending)))
+        width = max(map(len, rows)) - 1
+        x = torch.zeros(len(rows), width, dtype=torch.long)
+        y = torch.full((len(rows), width), -1, dtype=torch.long)  # -1: not scored
+        for i, (ids, begin) in enumerate(zip(rows, spans)):
+            x[i, : len(ids) - 1] = torch.tensor(ids[:-1])
+            # target t is token t + 1: the ending's tokens are targets begin - 1 ... len - 2
+            y[i, max(begin, 1) - 1 : len(ids) - 1] = torch.tensor(ids[max(begin, 1) :])
+        logits, _ = model(x.to(device), y.to(device))
+        cost = F.cross_entropy(logits.float().transpose(1, 2), y.to(device), ignore_index=-1,
+                               reduction="none")  # (rows, width), 0 where not scored
+        counted = (y != -1).sum(1).to(device)
+        summed = cost.sum(1).view(-1, 4)
+        mean = (cost.sum(1) / counted).view(-1, 4)
+        labels = torch.tensor([e["label"] for e in examples[start : start + batch_size]],
+                              device=device)
+        right["acc"] += int((summed.argmin(1) == labels).sum())
+        right["acc_norm"] += int((mean.argmin(1) == labels).sum())
+    model.train()
+    n = len(examples)
+    return {"hellaswag_acc": right["acc"] / n, "hellaswag_acc_norm": right["acc_norm"] / n,
+            "hellaswag_examples": n}

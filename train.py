@@ -20,14 +20,17 @@ from pathlib import Path
 
 import torch
 
-from data import LMBatches, load_tokens, prepare_lm_data
+from data import GPT2Tokenizer, LMBatches, load_tokens, prepare_lm_data
 from lora import has_lora, lora_state, merged_copy
+from metrics import hellaswag_scores
 from model import GPT, GPTConfig, load_model
 from ring.checkpoint import (CheckpointInfo, check_same_meaning, check_unchanged, find_checkpoint,
                              load_train_state, read_info, save_checkpoint)
 from ring.config import UserError, check_settings, parse_config, run_main, setting
+from ring.download import fetch_hellaswag
 from ring.fastpaths import prepare_for_training
 from ring.rundir import Progress, RunDirectory, last_evaluation, report_end
+from ring.tables import read_hellaswag
 from ring.runtime import (StopRequest, any_rank, main_process_first, maybe_compile, mean_over_ranks,
                           peak_flops, print0, rng_state, session, set_rng_state,
                           world_size_from_env)
@@ -67,9 +70,10 @@ class LanguageModelling:
 
     best_metric = "val_loss"
 
-    def __init__(self, cfg, rt, data_dir, meta):
-        self.cfg, self.rt, self.tokens = cfg, rt, 0
-        train_tokens, val_tokens = load_tokens(data_dir, "train"), load_tokens(data_dir, "val")
+    def __init__(self, cfg, rt, data_dir, meta, hellaswag=None):
+        self.cfg, self.rt, self.tokens, self.hellaswag = cfg, rt, 0, hellaswag
+        train_tokens = load_tokens(data_dir, meta, "train")
+        val_tokens = load_tokens(data_dir, meta, "val")
         # Every process draws the same windows for the whole step and takes its own rows of each
         # micro-batch, so the step's batch does not depend on the number of processes.
         self.sampler = LMBatches(train_tokens, cfg.block_size, cfg.batch_size, seed=cfg.seed)
@@ -105,6 +109,8 @@ class LanguageModelling:
         # Perplexity, exp(mean cross-entropy): the number of equally likely tokens the model is as
         # unsure as.
         out["val_perplexity"] = math.exp(out["val_loss"])
+        if self.hellaswag:  # common-sense completion: see metrics.hellaswag_scores
+            out.update(hellaswag_scores(model, GPT2Tokenizer(), self.hellaswag, self.rt.device))
         model.train()
         return out
 
@@ -360,21 +366,18 @@ def start(cfg, rt, model, objective, run_dir, resume):
 # Building the model
 
 
-def build_model(cfg, meta, rt):
-    """The model to train on the data described by meta (prepare_lm_data's), from cfg.init_from.
-    Returns (model, the train state to resume from or None)."""
-    if cfg.init_from == "scratch":
+def build_model(cfg, meta, start):
+    """The model to train on the data described by meta (prepare_lm_data's), from cfg.init_from
+    (start: what starting_point found, None from scratch). Returns (model, the train state to
+    resume from or None)."""
+    if start is None:
         torch.manual_seed(cfg.seed)  # the same init on every rank
         config = GPTConfig(block_size=cfg.block_size, vocab_size=meta["vocab_size"],
                            n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
                            dropout=cfg.dropout, bias=cfg.bias)
         return GPT(config), None
-    where, info, resume = starting_point(cfg, rt, SHAPE_KEYS)
+    where, info, resume = start
     check_same_meaning(info, meta, where, resume=resume is not None)
-    if resume is not None:
-        # The settings, not the model, are compared: a run that started from GPT-2 has GPT-2's
-        # shape whatever n_layer says, and resumes with the same command line.
-        check_unchanged(where, info.run, asdict(cfg), SHAPE_KEYS)
     model, _ = load_model(where)
     return fit_to_run(model, cfg, where), resume
 
@@ -384,8 +387,10 @@ SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias")
 
 def starting_point(cfg, rt, keys):
     """(checkpoint directory, its CheckpointInfo, the train state to resume from or None) for
-    cfg.init_from: resume (out_dir/last, whose settings `keys` must not have changed), a GPT-2 name
-    (downloaded and imported on first use, by one process) or a directory."""
+    cfg.init_from, or None for scratch: resume (out_dir/last, whose settings `keys` must not have
+    changed), a GPT-2 name (downloaded and imported on first use, by one process) or a directory."""
+    if cfg.init_from == "scratch":
+        return None
     if cfg.init_from == "resume":
         where = find_checkpoint(Path(cfg.out_dir) / "last")
         info = read_info(where)
@@ -395,6 +400,13 @@ def starting_point(cfg, rt, keys):
 
     where = find_checkpoint(main_process_first(rt, lambda: resolve_pretrained(cfg.init_from)))
     return where, read_info(where), None
+
+
+def data_tokenizer(cfg, start):
+    """What the data is tokenized with: cfg.tokenizer from scratch, else the starting checkpoint's
+    own (a character model's vocabulary included: a text that uses only some of its characters
+    keeps their ids, and one that uses others is refused, naming them)."""
+    return cfg.tokenizer if start is None else start[1].tokenizer
 
 
 def fit_to_run(model, cfg, where):
@@ -438,23 +450,32 @@ def run(cfg, epochs=None, adapt=None):
     that many passes over the training tokens take. adapt(model, resume, rt), when given, decides
     what trains (finetune.py: freezing, LoRA) before the loop starts."""
     with run_session(cfg) as (rt, run_dir):
+        start = starting_point(cfg, rt, SHAPE_KEYS)
         # data: tokenized once and cached (rank 0 first, the others then read the cache)
-        data_dir, meta = main_process_first(
-            rt, lambda: prepare_lm_data(cfg.dataset, cfg.tokenizer, cfg.data_dir))
+        steps_tokens = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+        data_dir, meta = main_process_first(rt, lambda: prepare_lm_data(
+            cfg.dataset, data_tokenizer(cfg, start), cfg.data_dir, val_fraction=cfg.val_fraction,
+            text_column=cfg.text_column, tokens_needed=steps_tokens * cfg.max_iters))
         print0(rt, f"data: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens "
                    f"from {meta['source']}")
         if epochs is not None:
-            tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
-            steps = max(1, math.ceil(epochs * meta["train_tokens"] / tokens_per_step))
+            steps = max(1, math.ceil(epochs * meta["train_tokens"] / steps_tokens))
             cfg = replace(cfg, max_iters=steps)
-            print0(rt, f"{epochs} epochs of {tokens_per_step:,} tokens per step: {steps:,} steps")
-        model, resume = build_model(cfg, meta, rt)
+            print0(rt, f"{epochs} epochs of {steps_tokens:,} tokens per step: {steps:,} steps")
+        model, resume = build_model(cfg, meta, start)
         if adapt is not None:
             adapt(model, resume, rt)
         model.to(rt.device)
         print0(rt, f"model: {model.num_params() / 1e6:.2f}M parameters")
+        hellaswag = None
+        if cfg.eval_hellaswag:
+            if meta["tokenizer"]["type"] != "gpt2":
+                raise UserError("HellaSwag is scored in GPT-2 tokens: --eval_hellaswag needs "
+                                "--tokenizer=gpt2")
+            path = main_process_first(rt, lambda: fetch_hellaswag(Path(cfg.data_dir) / "hellaswag"))
+            hellaswag = read_hellaswag(path, cfg.eval_hellaswag)
         torch.manual_seed(cfg.seed + rt.rank)  # dropout differs per rank
-        objective = LanguageModelling(cfg, rt, data_dir, meta)
+        objective = LanguageModelling(cfg, rt, data_dir, meta, hellaswag)
         run_dir.start()  # everything checked: only now is an earlier run replaced (--overwrite)
         train_loop(cfg, rt, model, objective, run_dir, resume)
 
@@ -477,15 +498,25 @@ class TrainConfig:
                               "metrics.jsonl are replaced)", False)
     tensorboard: bool = setting("also write TensorBoard events to out_dir/tensorboard", False)
     # data
-    dataset: str = setting("'shakespeare' (ships with the code) or the path of a UTF-8 .txt file",
+    dataset: str = setting("shakespeare (ships with the code), fineweb10B | finewebedu10B (the "
+                           "hub's GPT-2 shards), a .txt file, a folder of .txt files, a "
+                           ".jsonl/.csv/.tsv(.gz) of documents or a folder of .bin shards",
                            "shakespeare")
-    tokenizer: str = setting("the tokenizer", "char", ("char", "gpt2"))
+    tokenizer: str = setting("the tokenizer from scratch (a checkpoint brings its own)", "char",
+                             ("char", "gpt2"))
+    text_column: str = setting("the text column(s) of a table of documents, comma separated "
+                               "(empty: guessed)", "")
+    val_fraction: float = setting("share of the documents held out for validation (of a single "
+                                  "text: its last characters)", 0.1, "(0, 0.5)")
     data_dir: str = setting("where downloads and tokenized data are cached", "data")
     # the loop
     max_iters: int = setting("optimizer steps in total", 5000, ">= 0")
     eval_interval: int = setting("evaluate and write last/ every this many steps", 250, ">= 1")
     eval_iters: int = setting("batches per split in an evaluation (a fixed, seeded set)", 50,
                               ">= 1")
+    eval_hellaswag: int = setting("also score this many HellaSwag validation examples at each "
+                                  "evaluation (0: none; 10042: all; downloaded on first use)", 0,
+                                  ">= 0")
     log_interval: int = setting("print a progress line every this many steps", 10, ">= 1")
     patience: int = setting("stop after this many evaluations without a better best metric (0: "
                             "never)", 0, ">= 0")

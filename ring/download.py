@@ -82,13 +82,14 @@ def _fetch(url, part, have, size, what, timeout):
                         "resume")
 
 
-def download(url, dest, sha256=None, size=None, what="a local copy", timeout=30):
+def download(url, dest, sha256=None, size=None, what="a local copy", timeout=30, check=None):
     """Download url to dest, resuming a partial download, checking size and sha256 when given.
 
     The bytes go to dest + '.part' and are renamed into place only when complete and verified, so
     dest is either absent or whole. An interrupted download leaves the .part file, and the next call
     asks the server for the remaining bytes only (an HTTP Range request). On any network failure
-    this stops with one line naming the URL and saying how to use `what` instead."""
+    this stops with one line naming the URL and saying how to use `what` instead. check(part), when
+    given, must accept the whole file (for files with no published sha256)."""
     dest = Path(dest)
     if dest.exists():
         return dest
@@ -105,6 +106,10 @@ def download(url, dest, sha256=None, size=None, what="a local copy", timeout=30)
     if sha256 is not None and sha256_of(part) != sha256:
         part.unlink()  # a corrupt file must not be resumed from
         raise UserError(f"download of {url} failed its sha256 check (expected {sha256}); run again")
+    if check is not None and not check(part):
+        part.unlink()
+        raise UserError(f"download of {url} is not the file expected (its content check failed); "
+                        "run again")
     os.replace(part, dest)
     return dest
 
@@ -132,14 +137,15 @@ def hub_endpoint(endpoint=None):
     return chosen.rstrip("/")
 
 
-def hub_file_info(endpoint, repo_id, timeout=15):
-    """{file name: (size, sha256 or None)} from the hub's file list, or {} if it cannot be had.
+def hub_file_info(endpoint, repo_id, timeout=15, kind="models"):
+    """{file name: (size, sha256 or None)} from the hub's file list of a model (kind "models") or a
+    dataset repository ("datasets"), or {} if it cannot be had.
 
     For files kept in Git LFS (the weights), the hub's API gives the sha256 of the content
     ("lfs.oid") and its size; small files get a size only. This check is a bonus: when the API is
     unreachable or answers something unexpected, the files are downloaded without it rather than not
     at all."""
-    url = f"{endpoint}/api/models/{repo_id}/tree/main"
+    url = f"{endpoint}/api/{kind}/{repo_id}/tree/main"
     try:
         request = urllib.request.Request(url, headers={"User-Agent": "minigpt2"})
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -177,6 +183,91 @@ def download_from_hub(name, endpoint, cache, check_config):
         if file == "config.json":
             check_config(cache / file)
     return cache
+
+
+# Pre-tokenized corpora on the hub (dataset repositories): llm.c .bin shards of GPT-2 tokens, about
+# 100M tokens each: <prefix>_val_000000.bin, then <prefix>_train_000001.bin, ...
+HUB_CORPORA = {"fineweb10B": "kjj0/fineweb10B-gpt2", "finewebedu10B": "kjj0/finewebedu10B-gpt2"}
+LISTING = "hub_files.json"  # the hub's file list, kept with the shards: offline runs use it
+
+
+def fetch_hub_corpus(name, directory, tokens_needed=0, shards=0, endpoint=None):
+    """directory, holding the validation shard and the first training shards of a pre-tokenized
+    corpus on the hub: as many as hold tokens_needed tokens (or `shards` of them; at least one),
+    each checked against the hub's size and sha256. Downloads resume after a cut; shards already
+    there are not fetched again."""
+    repo, endpoint, directory = HUB_CORPORA[name], hub_endpoint(endpoint), Path(directory)
+    url = f"{endpoint}/api/datasets/{repo}/tree/main"
+    info = hub_file_info(endpoint, repo, kind="datasets")
+    if info:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f".{LISTING}.tmp{os.getpid()}"
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, directory / LISTING)
+    else:
+        try:  # offline: the list saved by an earlier download
+            info = {k: tuple(v) for k, v in json.loads((directory / LISTING).read_text()).items()}
+        except (OSError, ValueError, TypeError, AttributeError):
+            raise UserError(f"cannot get the file list of {repo} ({url}); connect, set "
+                            "MINIGPT2_HF_ENDPOINT to a mirror, or download its .bin files "
+                            "elsewhere and pass their folder as --dataset") from None
+    shard_files = sorted(f for f in info if f.endswith(".bin") and "/" not in f)
+    val = [f for f in shard_files if "_val_" in f][:1]
+    train = [f for f in shard_files if "_train_" in f]
+    if not val or not train:
+        raise UserError(f"{url} lists no _val_ and _train_ .bin shards; is {repo} a corpus?")
+    chosen, tokens = [], 0
+    for f in train:
+        if chosen and (len(chosen) >= shards if shards else tokens >= tokens_needed):
+            break
+        chosen.append(f)
+        size = info[f][0]
+        tokens += (size - 1024) // 2 if isinstance(size, int) else 0
+    what = (f"the files from {endpoint}/datasets/{repo} in a folder, as --dataset=FOLDER (or "
+            "set MINIGPT2_HF_ENDPOINT to a mirror)")
+    for f in val + chosen:
+        size, sha256 = info[f]
+        if sha256 is None:
+            raise UserError(f"the hub's file list gives no sha256 for {f}; refusing an unchecked "
+                            "download")
+        download(f"{endpoint}/datasets/{repo}/resolve/main/{f}", directory / f, sha256, size,
+                 what=what)
+    return directory
+
+
+# HellaSwag's validation split (10,042 examples), from the authors' repository at its last commit.
+# No sha256 of it is published; the file's git blob id at that commit is, and a download must have
+# it. The sha256 seen on the first download is then recorded beside the file and checked after.
+HELLASWAG_URL = ("https://raw.githubusercontent.com/rowanz/hellaswag/"
+                 "a29ff8e9a04bba4bd6588223785ce105328adc57/data/hellaswag_val.jsonl")
+HELLASWAG_GIT_BLOB = "0f5ee25d72216f12317d5d8a7b92deafa423d81e"
+
+
+def git_blob_id(path):
+    """The id git gives a file's content: sha1 of "blob <size>\\0" and the bytes."""
+    h = hashlib.sha1(f"blob {Path(path).stat().st_size}\0".encode())
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_hellaswag(directory):
+    """The path of hellaswag_val.jsonl in directory, downloaded on first use and checked."""
+    directory = Path(directory)
+    path, record = directory / "hellaswag_val.jsonl", directory / "hellaswag_val.jsonl.sha256"
+    if not path.exists():
+        what = "a local copy of rowanz/hellaswag's data/hellaswag_val.jsonl as --hellaswag=FILE"
+        download(HELLASWAG_URL, path, what=what,
+                 check=lambda part: git_blob_id(part) == HELLASWAG_GIT_BLOB)
+        record.write_text(f"{sha256_of(path)}  {path.name}\n")
+        print(f"note: {path.name} matched its git blob id {HELLASWAG_GIT_BLOB[:12]} at the authors' "
+              f"last commit; its sha256 (none is published) is recorded in {record}",
+              file=sys.stderr)
+    elif record.is_file() and record.read_text().split()[:1] != [sha256_of(path)]:
+        raise UserError(f"{path} is not the file first downloaded (its sha256 differs from "
+                        f"{record}); delete both to download it again")
+    return path
 
 
 # --------------------------------------------------------------------------------------------------

@@ -498,3 +498,40 @@ def report_leakage(splits, drop_leaked):
         source = f"{train.source} less {len(train) - len(kept):,} texts shared with other splits"
         splits = {**splits, "train": train.subset(kept, source)}
     return splits, notes
+
+
+# --------------------------------------------------------------------------------------------------
+# HellaSwag's validation file
+
+
+def read_hellaswag(path, limit=0):
+    """The examples of a HellaSwag .jsonl file (the format of rowanz/hellaswag's data/: one object
+    a line with ctx, endings, label, ...) as dicts {ctx, endings, label}; the first `limit` of them
+    (0: all). A line that is not such an object is one line naming it."""
+    examples = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    row = None
+                endings = row.get("endings") if isinstance(row, dict) else None
+                if not (isinstance(row, dict) and isinstance(row.get("ctx"), str)
+                        and isinstance(endings, list) and len(endings) == 4
+                        and all(isinstance(e, str) for e in endings)
+                        and row.get("label") in (0, 1, 2, 3)):
+                    raise UserError(f"{path}: line {number} is not a HellaSwag example (an object "
+                                    "with ctx, four endings and a label 0-3)")
+                examples.append({"ctx": row["ctx"], "endings": endings, "label": row["label"]})
+                if limit and len(examples) == limit:
+                    break
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror})") from None
+    if not examples:
+        raise UserError(f"{path} holds no HellaSwag example")
+    return examples

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ring.config import UserError
-from data import CharTokenizer, GPT2Tokenizer, LMBatches, load_tokens, prepare_lm_data, tokenizer_from_dict
+from data import (CharTokenizer, GPT2Tokenizer, LMBatches, TokenStream, load_tokens, prepare_lm_data,
+                  tokenizer_from_dict)
 from ring.download import download
 
 
@@ -75,11 +76,11 @@ def test_prepare_caches_and_rebuilds_when_the_text_changes(tmp_path):
     src.write_text("abcdefghij" * 100)
     out, meta = prepare_lm_data(str(src), "char", tmp_path / "data")
     assert meta["train_tokens"] == 900 and meta["val_tokens"] == 100
-    train = load_tokens(out, "train")
-    assert train.dtype == np.uint16 and CharTokenizer(meta["tokenizer"]["chars"]).decode(train[:3].tolist()) == "abc"
-    stamp = os.stat(out / "train.bin").st_mtime_ns
+    train = load_tokens(out, meta, "train")
+    assert CharTokenizer(meta["tokenizer"]["chars"]).decode(train.window(0, 3).tolist()) == "abc"
+    stamp = os.stat(out / "train_000000.bin").st_mtime_ns
     prepare_lm_data(str(src), "char", tmp_path / "data")
-    assert os.stat(out / "train.bin").st_mtime_ns == stamp  # reused
+    assert os.stat(out / "train_000000.bin").st_mtime_ns == stamp  # reused
     src.write_text("xyz" * 300)
     _, meta2 = prepare_lm_data(str(src), "char", tmp_path / "data")
     assert meta2["vocab_size"] == 3  # rebuilt
@@ -95,7 +96,7 @@ def test_missing_dataset_and_non_utf8(tmp_path):
 
 
 def test_batches_are_shifted_by_one_and_reproducible():
-    tokens = np.arange(1000, dtype=np.uint16)
+    tokens = TokenStream([np.arange(1000, dtype=np.uint16)])
     a = LMBatches(tokens, block_size=8, batch_size=4, seed=3)
     x, y = a.batch_at(a.offsets(1)[0])
     assert x.shape == (4, 8) and torch.equal(y, x + 1)

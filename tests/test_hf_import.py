@@ -290,14 +290,14 @@ class FakeHub:
                 return body
 
             def do_GET(self):
-                if m := re.fullmatch(r"/api/models/(.+)/tree/main", self.path):
-                    repo = hub.root / m.group(1)
+                if m := re.fullmatch(r"/api/(models|datasets)/(.+)/tree/main", self.path):
+                    repo = hub.root / ("datasets/" if m.group(1) == "datasets" else "") / m.group(2)
                     if not hub.api or not repo.is_dir():
                         return self.wfile.write(self.reply(404))
                     listing = []
                     for f in sorted(repo.iterdir()):
                         entry = {"type": "file", "path": f.name, "size": f.stat().st_size}
-                        if f.suffix == ".safetensors":  # an LFS file: sha256 of the content
+                        if f.suffix in (".safetensors", ".bin"):  # LFS files: sha256 of the content
                             sha = "0" * 64 if hub.wrong_sha256 else hashlib.sha256(f.read_bytes()).hexdigest()
                             entry["lfs"] = {"oid": sha, "size": f.stat().st_size, "pointerSize": 134}
                         listing.append(entry)

@@ -189,9 +189,16 @@ def test_init_from_a_checkpoint_needs_its_tokenizer(tmp_path):
     first = [r for r in metrics(tmp_path / "first") if "val_loss" in r][-1]["val_loss"]
     second = [r for r in metrics(tmp_path / "second") if "val_loss" in r][0]["val_loss"]
     assert second == pytest.approx(first, abs=1e-6)
+    # a text that uses only some of its characters is encoded with the model's own vocabulary
+    part = tmp_path / "part.txt"
+    part.write_text("the lazy dog sleeps then the dog jumps " * 40)
+    train.main(tiny_run(tmp_path, "subset", max_iters=2, init_from=str(tmp_path / "first"), dataset=str(part)))
+    info = json.loads((tmp_path / "subset" / "last" / "config.json").read_text())
+    assert info["tokenizer"] == json.loads((tmp_path / "first" / "last" / "config.json").read_text())["tokenizer"]
+    # characters the model does not know are refused, by name
     other = tmp_path / "other.txt"
     other.write_text("a completely different alphabet: XYZ 123 " * 50)
-    with pytest.raises(UserError, match="another tokenizer"):
+    with pytest.raises(UserError, match="7 characters are not in this model's vocabulary: '123:XYZ'"):
         train.main(tiny_run(tmp_path, "third", max_iters=2, init_from=str(tmp_path / "first"), dataset=str(other)))
 
 
@@ -254,3 +261,32 @@ def test_gradients_are_clipped_before_the_step(tmp_path, monkeypatch):
     logged = [row["grad_norm"] for row in metrics(tmp_path / "out") if "grad_norm" in row]
     assert len(seen) == 3 and all(n <= 0.01 * 1.0001 for n in seen)
     assert all(n > 0.01 for n in logged)
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_train_as_one_process_does(tmp_path):
+    # Two torchrun agents, as on two machines (--nnodes=2, a rendezvous at 127.0.0.1), one process
+    # each, against one process with the same global batch: the run is the same.
+    train.main(tiny_run(tmp_path, "single", dropout=0.0, max_iters=4))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    port = free_port()
+    agents = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
+         "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}", "train.py",
+         *tiny_run(tmp_path, "nodes", dropout=0.0, max_iters=4)],
+        cwd=Path(__file__).parents[1], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True) for rank in (0, 1)]
+    for agent in agents:
+        _, err = agent.communicate(timeout=300)
+        assert agent.returncode == 0, err[-2000:]
+    single, nodes = train_losses(tmp_path / "single"), train_losses(tmp_path / "nodes")
+    assert single.keys() == nodes.keys() == {1, 2, 3, 4}
+    for k in single:
+        assert nodes[k] == pytest.approx(single[k], abs=1e-5)

@@ -224,5 +224,5 @@ def test_shakespeare_ships_with_the_code_and_needs_no_network(tmp_path, monkeypa
     from ring import download
 
     monkeypatch.setattr(download.urllib.request, "urlopen", lambda *a, **k: pytest.fail("network"))
-    path = data.resolve_text_dataset("shakespeare", tmp_path)
+    path = data.resolve_dataset("shakespeare", tmp_path)
     assert download.sha256_of(path) == data.TEXT_DATASETS["shakespeare"][1]

@@ -1,0 +1,111 @@
+"""HellaSwag, completion style: the scoring against an independent computation on a tiny file in
+the real format, bad lines, and the download's checks."""
+
+import json
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from conftest import tiny_config
+from data import GPT2Tokenizer
+from metrics import hellaswag_scores
+from model import GPT
+from ring import download
+from ring.config import UserError
+from ring.tables import read_hellaswag
+from test_hf_import import FakeHub
+
+EXAMPLES = [  # (ctx_a, ctx_b, endings, label), in the style of the real validation file
+    ("A man is sitting on a roof.", "he", ["is using wrap to wrap a pair of skis.",
+                                           "is ripping level tiles off.",
+                                           "is holding a rubik's cube.",
+                                           "starts pulling up roofing on a roof."], 3),
+    ("A lady walks to a barbell. She bends down and grabs the pole.", "the lady",
+     ["swings and lands in her arms.", "pulls the barbell forward.",
+      "pulls a rope attached to the barbell.", "stands and lifts the weight over her head."], 3),
+    ("Two women in a child are shown in a canoe while a man pulls the canoe.", "", [
+        "it shows the boat.", "they row away.", "the woman sits.", "they go down a river."], 1),
+    ("How to make tea. Boil water.", "then", ["pour it over the leaves.", "eat the cup.",
+                                             "paint the kettle blue.", "sleep."], 0),
+    ("A boy throws a ball.", "the dog", ["runs after it.", "sings.", "reads a book.",
+                                         "drives away in a car, very fast, with a hat on."], 0),
+]
+
+
+def write_file(path, rows=EXAMPLES):
+    with open(path, "w") as f:
+        for i, (a, b, endings, label) in enumerate(rows):
+            ctx = a + " " + b if b else a  # as the real file: ctx_a + " " + ctx_b
+            f.write(json.dumps({"ind": i, "activity_label": "test", "ctx_a": a, "ctx_b": b,
+                                "ctx": ctx, "endings": endings, "label": label, "split": "val",
+                                "split_type": "indomain", "source_id": f"x~{i}"}) + "\n")
+    return path
+
+
+def by_hand(model, tokenizer, example):
+    """Each ending's summed and mean cross-entropy, one text at a time, with log_softmax."""
+    total, mean = [], []
+    context = tokenizer.encode(example["ctx"])
+    for ending in example["endings"]:
+        tail = tokenizer.encode(" " + ending)
+        ids = torch.tensor([context + tail])
+        with torch.no_grad():
+            logits, _ = model(ids, targets=ids)  # all positions
+        logp = F.log_softmax(logits[0].float(), dim=-1)
+        costs = [-logp[len(context) + j - 1, t].item() for j, t in enumerate(tail)]
+        total.append(sum(costs))
+        mean.append(sum(costs) / len(costs))
+    return min(range(4), key=total.__getitem__), min(range(4), key=mean.__getitem__)
+
+
+def test_scores_equal_an_independent_computation(tmp_path):
+    examples = read_hellaswag(write_file(tmp_path / "hellaswag_val.jsonl"))
+    assert examples[2]["ctx"] == EXAMPLES[2][0]  # ctx_b empty: ctx is ctx_a
+    tokenizer = GPT2Tokenizer()
+    torch.manual_seed(0)
+    model = GPT(tiny_config(vocab_size=50257, block_size=64, n_embd=32)).eval()
+    with torch.no_grad():  # larger weights: choices that differ between sum and mean
+        for p in model.parameters():
+            p.mul_(8)
+    picks = [by_hand(model, tokenizer, e) for e in examples]
+    labels = [e["label"] for e in examples]
+    expected = {"hellaswag_acc": sum(p[0] == y for p, y in zip(picks, labels)) / len(examples),
+                "hellaswag_acc_norm": sum(p[1] == y for p, y in zip(picks, labels)) / len(examples),
+                "hellaswag_examples": len(examples)}
+    for batch_size in (1, 2, 8):  # padding never changes a score
+        assert hellaswag_scores(model, tokenizer, examples, "cpu", batch_size) == expected
+    assert any(p[0] != p[1] for p in picks)  # the two rules disagree somewhere: both are tested
+
+
+def test_a_line_that_is_not_an_example_is_one_line(tmp_path):
+    path = write_file(tmp_path / "h.jsonl")
+    with open(path, "a") as f:
+        f.write(json.dumps({"ctx": "x", "endings": ["a", "b"], "label": 0}) + "\n")
+    with pytest.raises(UserError, match=r"h.jsonl: line 6 is not a HellaSwag example"):
+        read_hellaswag(path)
+    assert len(read_hellaswag(path, limit=3)) == 3
+
+
+def test_the_download_must_match_the_published_git_blob_and_is_checked_after(tmp_path,
+                                                                             monkeypatch):
+    (tmp_path / "hub").mkdir()
+    served = write_file(tmp_path / "hub" / "hellaswag_val.jsonl")
+    hub = FakeHub(tmp_path / "hub")
+    try:
+        monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+        monkeypatch.setattr(download, "HELLASWAG_URL", f"{hub.url}/cdn/hellaswag_val.jsonl")
+        with pytest.raises(UserError, match="is not the file expected"):
+            download.fetch_hellaswag(tmp_path / "data")  # another file than the pinned one
+        assert not list((tmp_path / "data").glob("hellaswag*"))
+        monkeypatch.setattr(download, "HELLASWAG_GIT_BLOB", download.git_blob_id(served))
+        path = download.fetch_hellaswag(tmp_path / "data")
+        assert path.read_bytes() == served.read_bytes()
+        assert (tmp_path / "data" / "hellaswag_val.jsonl.sha256").read_text().split()[0] == \
+            download.sha256_of(served)
+        path.write_text(path.read_text().replace("roof", "tent"))
+        with pytest.raises(UserError, match="is not the file first downloaded"):
+            download.fetch_hellaswag(tmp_path / "data")
+    finally:
+        hub.server.shutdown()
+        hub.server.server_close()
