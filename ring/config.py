@@ -119,7 +119,7 @@ def describe(rule):
     return rule if _COMPARISON.fullmatch(rule) else f"in {rule}"
 
 
-def check_value(name, value, expected, rule=None):
+def check_value(name, value, expected, rule=None, help=""):
     """value as a setting `name` of type expected that satisfies rule, or a UserError. An integer
     where a float is expected becomes a float, a list where a tuple is expected a tuple. The one
     check of every setting (check_settings), and of the Python APIs that share a setting's rule
@@ -136,7 +136,7 @@ def check_value(name, value, expected, rule=None):
         raise UserError(f"{name} must be a finite number, not {value}")
     if not satisfies(value, rule):
         if rule == "required":
-            raise UserError(f"{name} is missing")
+            raise UserError(f"{name} is missing" + (f": {help}" if help else ""))
         raise UserError(f"{name} must be {describe(rule)}, not {value!r}")
     return value
 
@@ -145,7 +145,7 @@ def check_settings(cfg):
     """Check every field of a settings dataclass: type, finiteness and rule (else a UserError)."""
     for field in dataclasses.fields(cfg):
         value = check_value(field.name, getattr(cfg, field.name), _type_of(field),
-                            field.metadata.get("rule"))
+                            field.metadata.get("rule"), field.metadata.get("help", ""))
         setattr(cfg, field.name, value)
 
 
@@ -207,11 +207,15 @@ class _Parser(argparse.ArgumentParser):
         usage_error(message)
 
 
-def _help(field, default):
-    rule = field.metadata.get("rule")
-    rule = f"; {describe(rule)}" if rule == "required" else f", {describe(rule)}" if rule else ""
+def _help(field):
+    """A setting's line in --help: what it is, its rule and its default."""
+    rule, text = field.metadata.get("rule"), field.metadata.get("help", "")
+    if rule == "required":
+        return f"{text} (required)"
+    rule = f", {describe(rule)}" if rule else ""
+    default = field.default
     shown = (" ".join(default) or "none") if isinstance(default, tuple) else repr(default)
-    return f"{field.metadata.get('help', '')}{rule} (default: {shown})"
+    return f"{text}{rule} (default: {shown})"
 
 
 def _parser(config_class, fields, positional, description, prog):
@@ -228,7 +232,7 @@ def _parser(config_class, fields, positional, description, prog):
     for name in positional or ():
         several = _type_of(fields[name]) is tuple
         parser.add_argument(name, nargs="*" if several else "?", default=argparse.SUPPRESS,
-                            metavar=name.upper(), help=_help(fields[name], fields[name].default))
+                            metavar=name.upper(), help=_help(fields[name]))
     metavars = {bool: "BOOL", int: "INT", float: "FLOAT", str: "STR", tuple: "STR"}
     for name, field in fields.items():
         if name in (positional or ()):
@@ -236,7 +240,7 @@ def _parser(config_class, fields, positional, description, prog):
         kind = _type_of(field)
         several = dict(nargs="+", action="extend") if kind is tuple else {}
         parser.add_argument(f"--{name}", default=argparse.SUPPRESS, metavar=metavars[kind],
-                            help=_help(field, field.default), **several)
+                            help=_help(field), **several)
     for old, new in getattr(config_class, "ALIASES", {}).items():
         parser.add_argument(f"--{old}", dest=new, default=argparse.SUPPRESS, metavar="...",
                             help=f"the older name of --{new}")
