@@ -7,7 +7,8 @@ Speed, measured against what the machine can do (the tests never time anything; 
     python bench.py quality out/shakespeare --data held_out.txt       # perplexity, float vs int8
     python bench.py race "python train.py a.py --out_dir=a" "python train.py b.py --out_dir=b"
 
-Every command takes --threads N (default: PyTorch's, usually the number of cores) and --rounds R:
+`python bench.py COMMAND --help` lists a command's settings. Every command takes --threads N
+(default: PyTorch's, usually the number of cores) and --rounds R:
 each figure is the median over R rounds with its range, the variants of a round interleaved (A, B,
 A, B...) so that a machine whose speed drifts treats them alike. Each prints the thread count and
 the machine's peak measured in the same process, and the fraction of it reached:
@@ -15,21 +16,26 @@ the machine's peak measured in the same process, and the fraction of it reached:
 - decode reads every weight once per token, so its limit is the read bandwidth over the bytes per
   token (the roofline);
 - training multiplies matrices, so its limit is the matmul FLOP/s (MFU: model FLOPs over that peak).
+
+bench.py writes only into temporary directories of its own: `race` runs each command with its
+--out_dir (and --data_dir, when given) pointed into a new one every round, so the directories the
+commands name are never touched, and every round starts afresh (data preparation included).
 """
 
-import argparse
 import json
+import re
 import shlex
-import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 
-from ring.config import parse_config, run_main
+from ring.config import UserError, check_settings, did_you_mean, parse_config, run_main, setting
 from data import prepare_lm_data, read_text, tokenizer_from_dict
 from evaluate import language_model_loss
 from model import GPT, GPTConfig, load_model
@@ -188,8 +194,8 @@ def bench_sample(args):
 # Training against the matmul peak
 
 
-def bench_train(args, overrides):
-    cfg = parse_config(TrainConfig, overrides, description="bench.py train: train.py's loop")
+def bench_train(args):
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     rt = setup_runtime(cfg.device, cfg.dtype)
     dtype = torch.bfloat16 if rt.dtype == "bfloat16" else torch.float32
     peak = [matmul_flops(rt.device, dtype) for _ in range(3)]
@@ -226,7 +232,7 @@ def bench_train(args, overrides):
 
 def bench_quality(args):
     _, info = load_model(args.checkpoint)
-    ids = tokenizer_from_dict(info.tokenizer).encode(read_text(args.data))
+    ids = tokenizer_from_dict(info.tokenizer).encode(read_text(args.data, "--data"))
     ids = ids[: args.max_tokens or None]
     results = {}
     for dtype in ("float32", "bfloat16"):
@@ -247,26 +253,59 @@ def bench_quality(args):
 # Wall time of whole commands
 
 
-def out_dir_of(command):
-    return next(a.split("=", 1)[1] for a in shlex.split(command) if a.startswith("--out_dir="))
+# A command's --out_dir and --data_dir, written --key=value or --key value (the value one shell
+# word, maybe quoted)
+_RUN_PATHS = re.compile(r"--(out_dir|data_dir)(?:=|\s+)('[^']*'|\"[^\"]*\"|\S+)")
 
 
-def final_val_loss(command):
+def in_scratch(command, scratch):
+    """command with its --out_dir (and --data_dir, when it names one) pointed into the directory
+    scratch: a race never touches what the commands name, and each run starts afresh."""
+    named = set()
+
+    def move(m):
+        named.add(m.group(1))
+        return f"--{m.group(1)}={shlex.quote(str(Path(scratch) / m.group(1)))}"
+
+    moved = _RUN_PATHS.sub(move, command)
+    if "out_dir" not in named:
+        raise UserError(f"bench.py race needs --out_dir=DIR in each command (it is run with that "
+                        f"pointed into a temporary directory): {command}")
+    return moved
+
+
+def final_val_loss(scratch, command):
     """The last val_loss that a train.py / finetune.py command wrote to its metrics.jsonl."""
-    rows = (Path(out_dir_of(command)) / "metrics.jsonl").read_text().splitlines()
-    return [r["val_loss"] for r in map(json.loads, rows) if "val_loss" in r][-1]
+    path = Path(scratch) / "out_dir" / "metrics.jsonl"
+    rows = [json.loads(line) for line in read_text(path, "metrics file").splitlines()]
+    losses = [r["val_loss"] for r in rows if "val_loss" in r]
+    if not losses:
+        raise UserError(f"the command logged no val_loss: {command}")
+    return losses[-1]
+
+
+def run_in_scratch(command):
+    """(wall seconds, final val_loss) of one run of command, in a new temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="bench-race-") as scratch:
+        moved = in_scratch(command, scratch)
+        start = time.perf_counter()
+        done = subprocess.run(moved, shell=True, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - start
+        if done.returncode:
+            raise UserError(f"the command failed (exit status {done.returncode}): {command}")
+        return wall, final_val_loss(scratch, command)
 
 
 def bench_race(args):
+    for command in args.commands:
+        in_scratch(command, "scratch")  # every command is checked before the first runs
     walls = {c: [] for c in args.commands}
     losses = {c: [] for c in args.commands}
     for _ in range(args.rounds):
         for command in args.commands:  # A, B, A, B, ...
-            shutil.rmtree(out_dir_of(command), ignore_errors=True)  # every round starts afresh
-            start = time.perf_counter()
-            subprocess.run(command, shell=True, check=True, stdout=subprocess.DEVNULL)
-            walls[command].append(time.perf_counter() - start)
-            losses[command].append(final_val_loss(command))
+            wall, loss = run_in_scratch(command)
+            walls[command].append(wall)
+            losses[command].append(loss)
     print(f"wall time of whole commands (data preparation included), {args.rounds} rounds, "
           "interleaved")
     first = args.commands[0]
@@ -277,32 +316,82 @@ def bench_race(args):
               f"{median_range(ratio, '{:.2f}')}x the first's time: {command}")
 
 
+# --------------------------------------------------------------------------------------------------
+# The settings of each command (python bench.py COMMAND --help)
+
+
+@dataclass
+class Measuring:
+    """What every command takes."""
+
+    threads: int = setting("PyTorch threads (0: PyTorch's default)", 0, ">= 0")
+    rounds: int = setting("measurements per figure", 5, ">= 1")
+
+    POSITIONAL = ()
+
+    def __post_init__(self):
+        check_settings(self)
+
+
+@dataclass
+class MachineBench(Measuring):
+    device: str = setting("the device whose peaks are measured", "cpu")
+
+
+@dataclass
+class SampleBench(Measuring):
+    device: str = setting("the device to decode on", "cpu")
+    variants: tuple = setting("what to compare", ("fp32", "bf16", "int8"), tuple(VARIANTS))
+    prompt_tokens: int = setting("tokens of the (random) prompt", 16, ">= 1")
+    new_tokens: int = setting("tokens generated per round", 128, ">= 1")
+
+
+@dataclass
+class TrainBench(TrainConfig, Measuring):
+    """train.py's settings (config files, --key=value) and --threads, --rounds."""
+
+    POSITIONAL = None  # config files, as train.py takes them
+
+
+@dataclass
+class QualityBench(Measuring):
+    checkpoint: str = setting("a language model's run or checkpoint directory", "", "required")
+    data: str = setting("a UTF-8 text file (held out from training)", "", "required")
+    max_tokens: int = setting("use the first N tokens (0: all)", 0, ">= 0")
+    device: str = setting("the device", "cpu")
+
+    POSITIONAL = ("checkpoint",)
+
+
+@dataclass
+class RaceBench(Measuring):
+    commands: tuple = setting("the commands, each in quotes and with its --out_dir", (),
+                              "required")
+
+    POSITIONAL = ("commands",)
+
+
+COMMANDS = {"machine": (MachineBench, bench_machine), "sample": (SampleBench, bench_sample),
+            "train": (TrainBench, bench_train), "quality": (QualityBench, bench_quality),
+            "race": (RaceBench, bench_race)}
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["machine", "sample", "train", "quality", "race"])
-    p.add_argument("--threads", type=int, default=0, help="PyTorch threads (0: PyTorch's default)")
-    p.add_argument("--rounds", type=int, default=5, help="measurements per figure")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--variants", nargs="+", default=["fp32", "bf16", "int8"],
-                   choices=list(VARIANTS), help="sample: what to compare")
-    p.add_argument("--prompt_tokens", type=int, default=16)
-    p.add_argument("--new_tokens", type=int, default=128)
-    p.add_argument("checkpoint", nargs="?", help="quality: a language model's run or checkpoint")
-    p.add_argument("--data", help="quality: a text file (held out from training)")
-    p.add_argument("--max_tokens", type=int, default=0,
-                   help="quality: use the first N tokens (0: all)")
-    args, rest = p.parse_known_args(argv)
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    if not argv:
+        raise UserError(f"give a command: {', '.join(COMMANDS)} (python bench.py --help)")
+    if argv[0] in ("-h", "--help"):
+        print(__doc__.strip() + f"\n\ncommands: {', '.join(COMMANDS)}")
+        raise SystemExit(0)
+    what = argv[0]
+    if what not in COMMANDS:
+        raise UserError(f"unknown command '{what}'{did_you_mean(what, COMMANDS)}; the commands "
+                        f"are {', '.join(COMMANDS)}")
+    settings, bench = COMMANDS[what]
+    args = parse_config(settings, argv[1:], description=__doc__, prog=f"bench.py {what}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.what == "train":
-        return bench_train(args, ([args.checkpoint] if args.checkpoint else []) + rest)
-    if args.what == "race":
-        args.commands = ([args.checkpoint] if args.checkpoint else []) + rest
-        return bench_race(args)
-    if rest:
-        p.error(f"unrecognized arguments: {' '.join(rest)}")
-    {"machine": bench_machine, "sample": bench_sample, "quality": bench_quality}[args.what](args)
+    bench(args)
 
 
 if __name__ == "__main__":

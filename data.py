@@ -157,15 +157,20 @@ def resolve_dataset(dataset, data_dir, tokens_needed=0):
     return path
 
 
-def read_text(path):
-    """A UTF-8 text file's contents; a file that is not UTF-8 is one line naming where it fails."""
+def read_text(path, what=""):
+    """A UTF-8 text file's contents, or one line naming it (what: "prompt file", "--file", ...) and
+    why it cannot be read: missing, unreadable, or not UTF-8 (where it fails). Every text a user
+    gives a script is read here."""
+    named = f"{what} {path}" if what else str(path)
     try:
         return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{named} not found") from None
     except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text (byte {e.start}); convert it to UTF-8 "
+        raise UserError(f"{named} is not UTF-8 text (byte {e.start}); convert it to UTF-8 "
                         "first") from None
     except OSError as e:
-        raise UserError(f"cannot read {path} ({e.strerror})") from None
+        raise UserError(f"cannot read {named} ({e.strerror})") from None
 
 
 # --------------------------------------------------------------------------------------------------

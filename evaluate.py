@@ -9,53 +9,33 @@ Score a checkpoint on a file, or write its predictions, without training.
 The checkpoint is a run directory (its best/) or a checkpoint directory. Labelled files are read as
 finetune.py reads them (.csv, .tsv, .jsonl, optionally .gz; columns guessed or --text_column /
 --label_column). Predictions go to a CSV: the input's row number and text, its label when the file
-has one, the predicted label and every label's probability.
+has one, the predicted label and every label's probability. Its cells are safe to open in a
+spreadsheet: one that begins with =, +, -, @, a tab or a carriage return, which a spreadsheet would
+run as a formula, gets a single quote in front (tables.spreadsheet_safe).
+
+--out must be a new file: it never replaces an existing file, this command's input, or anything
+inside a checkpoint; --force replaces an earlier output of evaluate.py, and nothing else.
 """
 
-import argparse
 import csv
 import json
 import math
-import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from model import load_model
-from ring.config import UserError, run_main
+from ring.config import UserError, check_settings, parse_config, run_main, setting
 from data import read_text, tokenizer_from_dict
 from metrics import classify_texts, evaluate_classifier, format_report, logged, split_batches
+from ring.files import check_output_file, write_file
 from ring.runtime import setup_runtime
 from sample import for_inference
-from ring.tables import load_labelled_file, pick_columns, read_table, sample_of, table_texts
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="run directory (uses best/) or checkpoint directory")
-    p.add_argument("--data", help="a labelled table (classifier) or a UTF-8 text file (language "
-                                  "model)")
-    p.add_argument("--predict", help="a table of texts to classify (classifier)")
-    p.add_argument("--out", help="--predict: the CSV to write (default: predictions.csv); --data: "
-                                 "also write the metrics to this JSON file")
-    p.add_argument("--text_column", default="", help="the text column(s) (empty: guessed)")
-    p.add_argument("--label_column", default="", help="the label column (empty: guessed)")
-    p.add_argument("--max_samples", type=int, default=0,
-                   help="--data: a stratified sample (0: all)")
-    p.add_argument("--batch_size", type=int, default=32, help="texts (or windows) per batch")
-    p.add_argument("--data_dir", default="data", help="where tokenized tables are cached")
-    p.add_argument("--seed", type=int, default=1337, help="seed of the --max_samples sample")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
-    p.add_argument("--quantize", default="", choices=["", "int8"], help="int8: weight-only int8")
-    args = p.parse_args(argv)
-    if (args.data is None) == (args.predict is None):
-        p.error("give either --data FILE (evaluate) or --predict FILE (predictions)")
-    if args.max_samples < 0 or args.batch_size < 1:
-        raise UserError("need --max_samples >= 0 and --batch_size >= 1")
-    return args
+from ring.tables import (load_labelled_file, pick_columns, read_table, sample_of,
+                         spreadsheet_safe, table_texts)
 
 
 @torch.inference_mode()
@@ -65,7 +45,8 @@ def language_model_loss(model, ids, batch_size, device):
     The text is cut into windows of block_size + 1 tokens that overlap by one, so every token after
     the first is predicted exactly once, from the tokens before it in its window (at most block_size
     of them). The last window may be shorter: it is padded, and the padding's targets (-1) are
-    ignored."""
+    ignored. The loss is computed from the logits in float32, whatever precision the model runs in
+    (a bf16 cross-entropy is off in the third digit)."""
     T = model.config.block_size
     windows = [ids[s : s + T + 1] for s in range(0, len(ids) - 1, T)]
     total, count = 0.0, 0
@@ -76,14 +57,16 @@ def language_model_loss(model, ids, batch_size, device):
         for row, window in enumerate(group):
             x[row, : len(window) - 1] = torch.tensor(window[:-1])
             y[row, : len(window) - 1] = torch.tensor(window[1:])
-        _, loss = model(x.to(device), y.to(device))  # the mean over the targets that are not -1
-        n = int((y != -1).sum())
-        total, count = total + loss.float().item() * n, count + n
+        x, y = x.to(device), y.to(device)
+        logits, _ = model(x, y)  # with targets: the logits of every position, (B, T, V)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1,
+                               reduction="sum")
+        total, count = total + loss.item(), count + int((y != -1).sum())
     return total / count, count
 
 
 def evaluate_text(model, tokenizer, path, args, device):
-    ids = tokenizer.encode(read_text(path))
+    ids = tokenizer.encode(read_text(path, "--data"))
     if len(ids) < 2:
         raise UserError(f"{path} has fewer than two tokens: nothing to predict")
     loss, n = language_model_loss(model, ids, args.batch_size, device)
@@ -110,8 +93,8 @@ def evaluate_table(model, tokenizer, info, path, args, device):
     return logged(metrics, info.labels, "eval")
 
 
-def predict_table(model, tokenizer, info, path, args, device):
-    """Classify every text of a table and write the predictions CSV; returns its path."""
+def predict_table(model, tokenizer, info, path, out, args, device):
+    """Classify every text of a table and write the predictions CSV to out."""
     columns, rows = read_table(path)
     text_columns, label_column = pick_columns(columns, args.text_column, args.label_column, path,
                                               need_label=False)
@@ -123,28 +106,61 @@ def predict_table(model, tokenizer, info, path, args, device):
     results = classify_texts(model, tokenizer, [t for _, t in kept], info.labels, device,
                              batch_size=args.batch_size, truncation=truncation)
     labels = {line: str(row.get(label_column, "")) for line, row in rows} if label_column else {}
-    out = Path(args.out or "predictions.csv")
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["line", "text", *(["label"] if labels else []), "predicted",
-                             *(f"p_{name}" for name in info.labels)])
-            for (line, text), (predicted, probs) in zip(kept, results):
-                writer.writerow([line, text, *([labels[line]] if labels else []), predicted,
-                                 *(f"{p:.6f}" for p in probs)])
-        os.replace(tmp, out)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {out}: {e.strerror}") from None
+
+    def fill(f):
+        writer = csv.writer(f)
+        rows = [["line", "text", *(["label"] if labels else []), "predicted",
+                 *(f"p_{name}" for name in info.labels)]]
+        for (line, text), (predicted, probs) in zip(kept, results):
+            rows.append([line, text, *([labels[line]] if labels else []), predicted,
+                         *(f"{p:.6f}" for p in probs)])
+        writer.writerows([spreadsheet_safe(cell) for cell in row] for row in rows)
+
+    write_file(out, fill)
     skipped = len(texts) - len(kept)
     note = f" ({skipped:,} empty rows skipped)" if skipped else ""
     print(f"wrote {len(kept):,} predictions to {out}{note}")
+
+
+# --------------------------------------------------------------------------------------------------
+# What --out may replace: only an earlier output of this command (--force)
+
+METRICS_MARK = "minigpt2_evaluate"  # in the metrics JSON: this command wrote it
+
+
+def is_earlier_predictions(path):
+    """Does path begin with the header of a predictions CSV (predict_table)?"""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    rest = header[3:] if header[2:3] == ["label"] else header[2:]
+    return (header[:2] == ["line", "text"] and rest[:1] == ["predicted"] and len(rest) > 1
+            and all(name.startswith("p_") for name in rest[1:]))
+
+
+def is_earlier_metrics(path):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8")).get(METRICS_MARK) is True
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
+
+
+def output_of(args):
+    """The file --out names (predictions.csv by default for --predict; none for --data without
+    --out), checked before any work: refused in one line if it would replace anything else than an
+    earlier output of this command, or that without --force."""
+    out = args.out or ("predictions.csv" if args.predict else "")
+    if out:
+        ours = is_earlier_predictions if args.predict else is_earlier_metrics
+        check_output_file(out, ours, args.force, inputs=(args.data, args.predict), flag="--out")
     return out
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    args = parse_config(EvaluateSettings, argv, description=__doc__, prog="evaluate.py")
+    out = output_of(args)
     rt = setup_runtime(args.device, args.dtype)
     model, info = load_model(args.checkpoint, rt.device)
     model = for_inference(model, rt, args.quantize)
@@ -152,14 +168,49 @@ def main(argv=None):
     if args.predict:
         if info.task != "cls":
             raise UserError(f"{args.checkpoint} is a language model; --predict needs a classifier")
-        predict_table(model, tokenizer, info, args.predict, args, rt.device)
+        predict_table(model, tokenizer, info, args.predict, out, args, rt.device)
         return
     if info.task == "cls":
         metrics = evaluate_table(model, tokenizer, info, args.data, args, rt.device)
     else:
         metrics = evaluate_text(model, tokenizer, args.data, args, rt.device)
-    if args.out:
-        Path(args.out).write_text(json.dumps(metrics, indent=1))
+    if out:
+        write_file(out, lambda f: f.write(json.dumps({**metrics, METRICS_MARK: True}, indent=1)))
+
+
+# --------------------------------------------------------------------------------------------------
+# The settings (python evaluate.py --help)
+
+
+@dataclass
+class EvaluateSettings:
+    checkpoint: str = setting("a run directory (its best/ is used) or a checkpoint directory", "",
+                              "required")
+    data: str = setting("score on this file: a labelled table (classifier) or a UTF-8 text file "
+                        "(language model)", "")
+    predict: str = setting("classify the texts of this table (classifier)", "")
+    out: str = setting("--predict: the CSV to write (empty: predictions.csv); --data: also write "
+                       "the metrics to this JSON file", "")
+    force: bool = setting("replace --out if it holds an earlier output of evaluate.py (never "
+                          "anything else)", False)
+    text_column: str = setting("the text column(s), comma-separated (empty: guessed)", "")
+    label_column: str = setting("the label column (empty: guessed)", "")
+    max_samples: int = setting("--data: a stratified sample of this many (0: all)", 0, ">= 0")
+    batch_size: int = setting("texts (or windows) per batch", 32, ">= 1")
+    data_dir: str = setting("where tokenized tables are cached", "data")
+    seed: int = setting("seed of the --max_samples sample", 1337, "[0, 9223372036854775807]")
+    device: str = setting("auto | cpu | cuda | cuda:N | mps", "auto")
+    dtype: str = setting("precision of the weights", "auto",
+                         ("auto", "float32", "bfloat16", "float16"))
+    quantize: str = setting("int8: weight-only int8 weights (quantize.py)", "", ("", "int8"))
+
+    POSITIONAL = ("checkpoint",)
+
+    def __post_init__(self):
+        check_settings(self)
+        if bool(self.data) == bool(self.predict):
+            raise UserError("give one of --data FILE (score the checkpoint) and --predict FILE "
+                            "(write predictions)")
 
 
 if __name__ == "__main__":

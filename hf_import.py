@@ -34,22 +34,23 @@ and nothing this script did not write is ever replaced (--force replaces an earl
 only).
 """
 
-import argparse
 import json
 import shutil
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from model import GPTConfig, load_model, model_from_state, tensor_shapes
-from ring.checkpoint import CheckpointInfo, find_checkpoint, save_checkpoint, write_directory
-from ring.config import UserError, run_main
+from ring.checkpoint import (MAX_CLASSES, SHAPE, CheckpointInfo, find_checkpoint, is_int,
+                             save_checkpoint, write_directory)
+from ring.config import UserError, check_settings, parse_config, run_main, setting
 from ring.download import BPE_DIR, DEFAULT_ENDPOINT, HUB_MODELS, download_from_hub, hub_endpoint
-from ring.rundir import check_output_dir, is_checkpoint
+from ring.files import check_output_dir
+from ring.rundir import is_checkpoint
 
 CHECKPOINTS = Path("checkpoints")  # where imported models go: checkpoints/<name>
 
@@ -73,51 +74,70 @@ def our_name(hf_key):
     return "transformer." + hf_key  # a GPT2Model file (like OpenAI's gpt2 on the hub): no prefix
 
 
-def hf_to_ours(hf_state, config, where):
-    """Convert a Hugging Face GPT-2 state dict to ours, checking every name and shape against
-    config.
+def check_tensors(found, config, where):
+    """Check the tensors of a Hugging Face model against config before any is converted: every name
+    known, each shape the one config.json implies, floating-point numbers, none missing or twice.
 
-    `where` names the file in error messages. Returns {our name: float32 tensor}, lm_head left
-    out."""
+    found: {HF name: (shape, floating point?)}, from the tensors or from a safetensors header (so
+    that the check comes before anything is loaded). `where` names the file in error messages.
+    Returns ({HF name: our name} of the tensors to keep, the HF name of lm_head or None)."""
     expected = tensor_shapes(config)
-    state, head = {}, None
-    for key, tensor in hf_state.items():
+    names, head = {}, None
+    for key, (shape, floating) in found.items():
         name = our_name(key)
         if name is None:
             continue  # a causal-mask buffer
         if name == "lm_head.weight":
-            head = tensor  # tied to wte: checked below, not stored
-            continue
-        if name not in expected:
+            head, want = key, expected["transformer.wte.weight"]  # tied to wte: checked later
+        elif name not in expected:
             raise UserError(f"{where}: unexpected tensor {key!r}; this is not a GPT-2 language "
                             "model or classifier")
-        if name in state:
+        elif name in names.values():
             raise UserError(f"{where}: {key!r} appears twice (with and without the 'transformer.' "
                             "prefix)")
-        want = expected[name]
+        else:
+            want = expected[name]
         if name.endswith(TRANSPOSED):
             want = want[::-1]  # the file holds the Conv1D layout [in, out]
-        if tuple(tensor.shape) != want:
-            raise UserError(f"{where}: {key} has shape {tuple(tensor.shape)}, but config.json "
+        if tuple(shape) != want:
+            raise UserError(f"{where}: {key} has shape {tuple(shape)}, but config.json "
                             f"(n_embd {config.n_embd}, n_layer {config.n_layer}, block_size "
                             f"{config.block_size}, vocab_size {config.vocab_size}) needs {want}")
-        if name.endswith(TRANSPOSED):
-            tensor = tensor.t()  # Conv1D [in, out] -> nn.Linear [out, in]
-        # float32 whatever the file's dtype: the precision we train in (autocast lowers it where it
-        # pays).
-        state[name] = tensor.to(torch.float32).contiguous()
+        if not floating:
+            raise UserError(f"{where}: {key} does not hold floating-point weights")
+        if key != head:
+            names[key] = name
 
     # The count: 4 model-wide tensors (wte, wpe, ln_f weight and bias), 12 per block (ln_1, c_attn,
     # c_proj, ln_2, c_fc, c_proj: a weight and a bias each) and a classifier's score.weight: 148 for
     # the 12-layer gpt2.
     count = 4 + 12 * config.n_layer + (1 if config.n_classes else 0)
-    missing = [k for k in expected if k not in state]
-    if missing or len(state) != count:
+    missing = [k for k in expected if k not in set(names.values())]
+    if missing or len(names) != count:
         shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
-        raise UserError(f"{where}: {len(state)} tensors, expected {count} for {config.n_layer} "
+        raise UserError(f"{where}: {len(names)} tensors, expected {count} for {config.n_layer} "
                         f"layers; missing {shown}")
+    return names, head
+
+
+def hf_to_ours(hf_state, config, where):
+    """Convert a Hugging Face GPT-2 state dict to ours, checking every name and shape against
+    config (check_tensors).
+
+    `where` names the file in error messages. Returns {our name: float32 tensor}, lm_head left
+    out."""
+    found = {k: (tuple(t.shape), t.is_floating_point()) for k, t in hf_state.items()}
+    names, head = check_tensors(found, config, where)
+    state = {}
+    for key, name in names.items():
+        tensor = hf_state[key]
+        if name.endswith(TRANSPOSED):
+            tensor = tensor.t()  # Conv1D [in, out] -> nn.Linear [out, in]
+        # float32 whatever the file's dtype: the precision we train in (autocast lowers it where it
+        # pays).
+        state[name] = tensor.to(torch.float32).contiguous()
     wte = state["transformer.wte.weight"]
-    if head is not None and not torch.equal(head.to(torch.float32), wte):
+    if head is not None and not torch.equal(hf_state[head].to(torch.float32), wte):
         raise UserError(f"{where}: lm_head.weight differs from wte.weight; GPT-2 ties them and so "
                         "does this model")
     return state
@@ -154,12 +174,17 @@ def config_from_hf(hf, path):
     if hf.get("model_type") != "gpt2":
         raise UserError(f"{path}: model_type is {hf.get('model_type')!r}, not 'gpt2'; only GPT-2 "
                         "models can be imported")
-    sizes = {"block_size": hf.get("n_positions", hf.get("n_ctx", 1024)),
-             "vocab_size": hf.get("vocab_size", 50257), "n_layer": hf.get("n_layer", 12),
-             "n_head": hf.get("n_head", 12), "n_embd": hf.get("n_embd", 768)}
-    for key, value in sizes.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise UserError(f"{path}: {key} must be a positive integer, got {value!r}")
+    # (our name, config.json's name, transformers' default): each bounded as our own checkpoints'
+    # sizes are (checkpoint.SHAPE), before anything is built from it
+    fields = [("block_size", "n_positions" if "n_positions" in hf else "n_ctx", 1024),
+              ("vocab_size", "vocab_size", 50257), ("n_layer", "n_layer", 12),
+              ("n_head", "n_head", 12), ("n_embd", "n_embd", 768)]
+    sizes = {}
+    for key, name, default in fields:
+        value = sizes[key] = hf.get(name, default)
+        if not is_int(value) or not 1 <= value <= SHAPE[key]:
+            raise UserError(f"{path}: {name} must be an integer in [1, {SHAPE[key]}], not "
+                            f"{value!r:.60}")
     if sizes["n_embd"] % sizes["n_head"]:
         raise UserError(f"{path}: n_embd {sizes['n_embd']} is not divisible by n_head "
                         f"{sizes['n_head']}")
@@ -180,12 +205,22 @@ def config_from_hf(hf, path):
         if not ok:
             raise UserError(f"{path}: {key} is {hf[key]!r}; GPT-2 (and this model) has {wanted}, "
                             "so it cannot be imported")
+    architectures = hf.get("architectures") or []
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        raise UserError(f"{path}: architectures must be a list of names, not "
+                        f"{architectures!r:.60}")
     labels = None
-    if "GPT2ForSequenceClassification" in (hf.get("architectures") or []):
+    if "GPT2ForSequenceClassification" in architectures:
         # A classifier: one output per label, the names in id2label (keys are strings in JSON).
         id2label = hf.get("id2label") or {}
+        if not isinstance(id2label, dict):
+            raise UserError(f"{path}: id2label must be an object of label names, not "
+                            f"{id2label!r:.60}")
         n = len(id2label) or hf.get("num_labels", 2)
-        labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n)]
+        if not is_int(n) or not 1 <= n <= MAX_CLASSES:
+            raise UserError(f"{path}: num_labels must be an integer in [1, {MAX_CLASSES}], not "
+                            f"{n!r:.60}")
+        labels = [str(id2label.get(str(i), f"LABEL_{i}")) for i in range(n)]
     # dropout 0: a checkpoint is for inference until a training run sets its own dropout.
     config = GPTConfig(**sizes, dropout=0.0, bias=True, n_classes=len(labels) if labels else 0)
     return config, labels
@@ -250,19 +285,46 @@ def read_json(path):
 
 def weight_files(directory):
     """The weight files of a Hugging Face model directory: one file, or the shards of an
-    index.json."""
+    index.json, which must be plain file names in the directory (an index that names ../x or an
+    absolute path would make us read files from elsewhere)."""
     directory = Path(directory)
     for single, index in (("model.safetensors", "model.safetensors.index.json"),
                           ("pytorch_model.bin", "pytorch_model.bin.index.json")):
         if (directory / single).is_file():
             return [directory / single]
         if (directory / index).is_file():
-            weight_map = read_json(directory / index).get("weight_map")
+            contents = read_json(directory / index)
+            weight_map = contents.get("weight_map") if isinstance(contents, dict) else None
             if not isinstance(weight_map, dict) or not weight_map:
                 raise UserError(f"{directory / index} has no weight_map")
+            for name in weight_map.values():
+                if not is_file_name(name):
+                    raise UserError(f"{directory / index}: weight_map names {name!r:.60}, not a "
+                                    f"file in {directory}")
             return [directory / name for name in sorted(set(weight_map.values()))]
     raise UserError(f"no weights in {directory}: expected model.safetensors (or pytorch_model.bin) "
                     "next to config.json")
+
+
+def is_file_name(name):
+    """Is name the name of a file in a directory, not a path (no ../, /, \\)?"""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+            and "\\" not in name and "\0" not in name)
+
+
+def header_shapes(path):
+    """{name: (shape, floating point?)} of the tensors in a safetensors file, read from its header:
+    no tensor is loaded."""
+    if not path.is_file():
+        raise UserError(f"{path} not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: (tuple(f.get_slice(k).get_shape()),
+                        f.get_slice(k).get_dtype() in ("F64", "F32", "F16", "BF16"))
+                    for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path} is not a readable safetensors file ({e}); it is truncated or "
+                        "corrupt: download it again") from None
 
 
 def load_tensors(path):
@@ -290,16 +352,23 @@ def load_tensors(path):
 def read_hf(source):
     """(config dict, config path, {name: tensor}, where) of a local Hugging Face model: a directory,
     or one weight file with config.json beside it. `where` is what error messages about the weights
-    name. The config is checked before the (maybe large) weights are read."""
+    name. The config is checked before the (maybe large) weights are read, and safetensors files'
+    tensors are checked against it from their headers first."""
     source = Path(source)
     directory = source if source.is_dir() else source.parent
     hf = read_json(directory / "config.json")
-    config_from_hf(hf, directory / "config.json")
+    config, _ = config_from_hf(hf, directory / "config.json")
     files = weight_files(directory) if source.is_dir() else [source]
+    where = files[0] if len(files) == 1 else directory
+    if all(f.suffix == ".safetensors" for f in files):
+        found = {}
+        for f in files:
+            found.update(header_shapes(f))
+        check_tensors(found, config, where)
     state = {}
     for f in files:
         state.update(load_tensors(f))
-    return hf, directory / "config.json", state, files[0] if len(files) == 1 else directory
+    return hf, directory / "config.json", state, where
 
 
 # --------------------------------------------------------------------------------------------------
@@ -482,43 +551,41 @@ def resolve_pretrained(name_or_path, checkpoints_dir=CHECKPOINTS, endpoint=None)
 # Command line
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="hf_import.py", description=__doc__, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", nargs="?",
-                   help=f"what to import: {', '.join(HUB_MODELS)} (or a hub id such as "
-                        f"{HUB_MODELS['gpt2']}), or a local directory / weight file in the HF "
-                        "layout")
-    p.add_argument("--export", metavar="CKPT_DIR",
-                   help="export this checkpoint (or run directory) of ours to the Hugging Face "
-                        "layout")
-    p.add_argument("--out_dir", help="where to write: default checkpoints/<name> for an import, "
-                                     "hf_model for --export")
-    p.add_argument("--force", action="store_true",
-                   help="replace --out_dir if it holds an earlier import or export (never "
-                        "anything else)")
-    p.add_argument("--keep_download", action="store_true",
-                   help="keep the downloaded files under checkpoints/.hf/ after a successful "
-                        "import")
-    p.add_argument("--endpoint", help="the hub's base URL (default: $MINIGPT2_HF_ENDPOINT, "
-                                      f"$HF_ENDPOINT or {DEFAULT_ENDPOINT})")
-    args = p.parse_args(argv)
-    if (args.source is None) == (args.export is None):
-        p.error("give either a SOURCE to import or --export CKPT_DIR")
-    return args
-
-
 def main(argv=None):
-    args = parse_args(argv)
-    if args.export is not None:
+    args = parse_config(ImportSettings, argv, description=__doc__, prog="hf_import.py")
+    if args.export:
         export_hf(args.export, args.out_dir or "hf_model", force=args.force)
         return
-    out = import_hf(args.source, args.out_dir, endpoint=args.endpoint, force=args.force,
-                    keep_download=args.keep_download)
+    out = import_hf(args.source, args.out_dir or None, endpoint=args.endpoint or None,
+                    force=args.force, keep_download=args.keep_download)
     if load_model(out)[1].task == "cls":
         print(f'try: python sample.py --out_dir {out} --text "A text to classify"', file=sys.stderr)
     else:
         print(f'try: python sample.py --out_dir {out} --start "The old house"', file=sys.stderr)
+
+
+@dataclass
+class ImportSettings:
+    source: str = setting(f"what to import: {', '.join(HUB_MODELS)} (or a hub id such as "
+                          f"{HUB_MODELS['gpt2']}), or a local directory / weight file in the HF "
+                          "layout", "")
+    export: str = setting("export this checkpoint (or run directory) of ours to the Hugging Face "
+                          "layout", "")
+    out_dir: str = setting("where to write (empty: checkpoints/<name> for an import, hf_model for "
+                           "--export)", "")
+    force: bool = setting("replace --out_dir if it holds an earlier import or export (never "
+                          "anything else)", False)
+    keep_download: bool = setting("keep the downloaded files under checkpoints/.hf/ after a "
+                                  "successful import", False)
+    endpoint: str = setting("the hub's base URL (empty: $MINIGPT2_HF_ENDPOINT, $HF_ENDPOINT or "
+                            f"{DEFAULT_ENDPOINT})", "")
+
+    POSITIONAL = ("source",)
+
+    def __post_init__(self):
+        check_settings(self)
+        if bool(self.source) == bool(self.export):
+            raise UserError("give either a SOURCE to import or --export CKPT_DIR")
 
 
 if __name__ == "__main__":

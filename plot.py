@@ -3,38 +3,71 @@ Draw training runs to PNG: loss, learning rate, classifier accuracy, the confusi
 
     python plot.py out/shakespeare                       # -> out/shakespeare/plots/*.png
     python plot.py out/run-a out/run-b --out_dir plots   # several runs overlaid
+    python plot.py out/shakespeare --force               # draw again over the earlier plots
 
 Everything comes from each run's metrics.jsonl (train.py and finetune.py write it): loss.png (the
 training loss of every logged step, and the train and val loss of every evaluation), lr.png, and for
 classifiers accuracy.png (val accuracy and macro-F1) and confusion-<run>.png (the confusion matrix
-of the last evaluation, and of the test split when the run was tested). Needs matplotlib (pip
+of the last evaluation, and of the test split when the run was tested). Runs are named by their
+directory, or by as much of their path as tells them apart (a/run and b/run). Rows that cannot be
+drawn (a line cut short by a crash, a row without an iteration) are skipped. Needs matplotlib (pip
 install matplotlib); nothing else in the project does.
+
+The PNGs go into a new directory, written whole or not at all. An existing one is replaced only
+with --force, and only if it holds nothing but plot.py's own earlier PNGs (marked in their
+metadata): never a directory with other files, a run directory, or anything inside a checkpoint.
 """
 
-import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from ring.config import UserError, run_main
+from data import read_text
+from ring.checkpoint import write_directory
+from ring.config import UserError, check_settings, parse_config, run_main, setting
+from ring.files import check_output_dir
+
+# Written into every PNG's metadata: what tells plot.py's own earlier output (which --force may
+# replace) from anything else.
+SOFTWARE = "minigpt2 plot.py"
 
 
 def read_metrics(run):
-    """The rows of a run's metrics.jsonl (a line cut short by a crash is skipped)."""
+    """The rows of a run's metrics.jsonl that can be drawn: JSON objects with an iteration number
+    ("iter"). Other lines (one cut short by a crash, ...) are skipped; a file that is not UTF-8
+    text is one line naming it."""
     path = Path(run) / "metrics.jsonl"
     if not path.is_file():
         raise UserError(f"{path} not found: give run directories of train.py or finetune.py")
     rows = []
-    for line in path.read_text().splitlines():
+    for line in read_text(path, "metrics file").splitlines():
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
             continue
+        if isinstance(row, dict) and is_number(row.get("iter")):
+            rows.append(row)
     return rows
 
 
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def run_names(runs):
+    """A name for each run directory in a legend: its own name, or as many of the last parts of its
+    path as tell it apart from the others (a/run and b/run, not run twice)."""
+    parts = [Path(run).resolve().parts for run in runs]
+    for n in range(1, max(map(len, parts)) + 1):
+        names = ["/".join(p[-n:]) for p in parts]
+        if len(set(names)) == len(names):
+            break
+    return names
+
+
 def series(rows, key):
-    """(iterations, values) of the rows that have key."""
-    points = [(r["iter"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+    """(iterations, values) of the rows that have a number for key."""
+    points = [(r["iter"], r[key]) for r in rows if is_number(r.get(key))]
     return [p[0] for p in points], [p[1] for p in points]
 
 
@@ -60,23 +93,37 @@ def plot_lines(plt, runs, keys, ylabel, title, path, log_y=False):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(path)
+        fig.savefig(path, metadata={"Software": SOFTWARE})
     plt.close(fig)
     return drawn
 
 
+def confusion_of(row, split):
+    """(matrix, label names) of a row's confusion matrix for split, or None when the row has none
+    that can be drawn (a square list of lists of counts)."""
+    matrix = row.get(f"{split}_confusion")
+    square = isinstance(matrix, list) and matrix and all(
+        isinstance(r, list) and len(r) == len(matrix) and all(map(is_number, r)) for r in matrix)
+    if not square:
+        return None
+    per_class = row.get(f"{split}_per_class")
+    if isinstance(per_class, dict) and len(per_class) == len(matrix):
+        return matrix, [str(label) for label in per_class]
+    return matrix, [str(i) for i in range(len(matrix))]
+
+
 def plot_confusion(plt, rows, name, path):
     """The confusion matrices of a classifier run's last evaluation (and its test row, if any)."""
-    found = [(split, r) for split in ("val", "test") for r in rows if f"{split}_confusion" in r]
     last = {}
-    for split, row in found:
-        last[split] = row  # rows are in order: the last one wins
+    for row in rows:  # rows are in order: the last one wins
+        for split in ("val", "test"):
+            if confusion_of(row, split):
+                last[split] = row
     if not last:
         return False
     fig, axes = plt.subplots(1, len(last), figsize=(5 * len(last), 4.5), dpi=120, squeeze=False)
     for ax, (split, row) in zip(axes[0], last.items()):
-        matrix = row[f"{split}_confusion"]
-        labels = list(row.get(f"{split}_per_class", {})) or [str(i) for i in range(len(matrix))]
+        matrix, labels = confusion_of(row, split)
         ax.imshow(matrix, cmap="Blues")
         peak = max(max(r) for r in matrix) or 1
         for i, counts in enumerate(matrix):
@@ -86,30 +133,18 @@ def plot_confusion(plt, rows, name, path):
         ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
         ax.set_yticks(range(len(labels)), labels)
         accuracy = row.get(f"{split}_accuracy")
+        accuracy = f": accuracy {accuracy:.3f}" if is_number(accuracy) else ""
         ax.set(xlabel="predicted", ylabel="true",
-               title=f"{name}, {split} at iter {row['iter']}: accuracy {accuracy:.3f}")
+               title=f"{name}, {split} at iter {row['iter']}{accuracy}")
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, metadata={"Software": SOFTWARE})
     plt.close(fig)
     return True
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", help="run directories (each with a metrics.jsonl)")
-    p.add_argument("--out_dir", help="where the PNGs go (default: the first run's plots/)")
-    args = p.parse_args(argv)
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only: no window, works without a display
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UserError("plot.py needs matplotlib: pip install matplotlib") from None
-    runs = {Path(run).resolve().name: read_metrics(run) for run in args.runs}
-    out = Path(args.out_dir) if args.out_dir else Path(args.runs[0]) / "plots"
-    out.mkdir(parents=True, exist_ok=True)
+def draw(plt, runs, out):
+    """Every figure that the runs ({name: rows}) have numbers for, as PNGs in out; returns
+    their names."""
     written = []
     loss_keys = {"loss": ("train loss (each logged step)", None),
                  "train_loss": ("train loss (eval)", "o"),
@@ -124,11 +159,65 @@ def main(argv=None):
                   out / "accuracy.png"):
         written.append("accuracy.png")
     for name, rows in runs.items():
-        if plot_confusion(plt, rows, name, out / f"confusion-{name}.png"):
-            written.append(f"confusion-{name}.png")
-    if not written:
-        raise UserError("nothing to plot: the runs' metrics.jsonl have no logged steps yet")
+        png = f"confusion-{name.replace('/', '-')}.png"
+        if plot_confusion(plt, rows, name, out / png):
+            written.append(png)
+    return written
+
+
+def is_earlier_plots(directory):
+    """Does directory hold nothing but PNGs that plot.py wrote (SOFTWARE in their metadata, a text
+    chunk that comes before the image data)?"""
+    marker = b"tEXtSoftware\0" + SOFTWARE.encode()
+    for path in Path(directory).iterdir():
+        if path.is_symlink() or not path.is_file() or path.suffix != ".png":
+            return False
+        with open(path, "rb") as f:
+            if marker not in f.read(4096):
+                return False
+    return True
+
+
+def pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: no window, works without a display
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("plot.py needs matplotlib: pip install matplotlib") from None
+    return plt
+
+
+def main(argv=None):
+    args = parse_config(PlotSettings, argv, description=__doc__, prog="plot.py")
+    runs = list(dict.fromkeys(Path(run).resolve() for run in args.runs))  # each run once
+    out = Path(args.out_dir) if args.out_dir else Path(args.runs[0]) / "plots"
+    check_output_dir(out, is_earlier_plots, args.force)
+    plt = pyplot()
+    rows = {name: read_metrics(run) for name, run in zip(run_names(runs), runs)}
+    written = []
+
+    def fill(tmp):
+        written.extend(draw(plt, rows, tmp))
+        if not written:
+            raise UserError("nothing to plot: the runs' metrics.jsonl have no logged steps yet")
+
+    write_directory(out, fill)
     print(f"wrote {', '.join(written)} to {out}")
+
+
+@dataclass
+class PlotSettings:
+    runs: tuple = setting("run directories (each with a metrics.jsonl)", (), "required")
+    out_dir: str = setting("where the PNGs go (empty: the first run's plots/)", "")
+    force: bool = setting("replace --out_dir if it holds plot.py's own earlier PNGs (never "
+                          "anything else)", False)
+
+    POSITIONAL = ("runs",)
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 if __name__ == "__main__":

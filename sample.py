@@ -13,14 +13,12 @@ layer's keys and values (model.KVCache); then, token after token, turn the last 
 into a choice (sample_next_token: greedy, temperature, top-k, top-p), and run only that new token.
 """
 
-import argparse
-import math
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
-from ring.config import UserError, run_main
-from data import tokenizer_from_dict
+from ring.config import UserError, check_settings, check_value, parse_config, run_main, setting
+from data import read_text, tokenizer_from_dict
 from metrics import classify_texts
 from model import KVCache, load_model
 from quantize import quantize_int8
@@ -95,77 +93,31 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
+# The rules of the sampling settings, in one place: the command line (SampleSettings, below) and
+# generate's Python API (check_sampling) both check them.
+SAMPLING_RULES = {"temperature": (float, ">= 0"), "top_k": (int, ">= 0"),
+                  "top_p": (float, "[0, 1]")}
+
+
 def check_sampling(temperature, top_k, top_p):
-    """The sampling settings must mean something: a finite temperature >= 0, top_k >= 0, top_p in
-    [0, 1]."""
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
-            and temperature >= 0):
-        raise ValueError(f"temperature must be a finite number >= 0, not {temperature}")
-    if top_k is not None and top_k < 0:
-        raise ValueError(f"top_k must be >= 0, not {top_k}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 <= top_p <= 1):
-        raise ValueError(f"top_p must be in [0, 1], not {top_p}")
+    """The sampling settings must mean something (SAMPLING_RULES: a finite temperature >= 0, top_k
+    >= 0, top_p in [0, 1]; None for top_k or top_p is no limit). Else a ValueError, as for any bad
+    argument of a Python function."""
+    given = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+    try:
+        for name, value in given.items():
+            if value is not None or name == "temperature":
+                check_value(name, value, *SAMPLING_RULES[name])
+    except UserError as e:
+        raise ValueError(str(e)) from None
 
 
 # --------------------------------------------------------------------------------------------------
 # The command line
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out_dir", default="out/shakespeare", help="run directory (uses best/) or "
-                                                                "checkpoint")
-    p.add_argument("--compare", nargs=2, metavar=("BASE", "TUNED"),
-                   help="two checkpoints to continue the same prompt side by side")
-    p.add_argument("--start", default="\n", help="the prompt, or FILE:path to read it from a file; "
-                                                 "empty: unconditional (GPT-2's tokenizer only)")
-    p.add_argument("--num_samples", type=int, default=1, help="how many continuations")
-    p.add_argument("--max_new_tokens", type=int, default=200, help="tokens to generate per sample")
-    p.add_argument("--temperature", type=float, default=0.8,
-                   help="0 is greedy; < 1 is more conservative, > 1 more random")
-    p.add_argument("--top_k", type=int, default=200,
-                   help="sample only from the k most likely (0: all)")
-    p.add_argument("--top_p", type=float, default=1.0,
-                   help="sample only from the smallest set of tokens with this much probability")
-    p.add_argument("--seed", type=int, default=1337, help="random seed (same seed, same samples)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
-    p.add_argument("--no_kv_cache", action="store_true",
-                   help="recompute the whole context at every step")
-    p.add_argument("--quantize", default="", choices=["", "int8"],
-                   help="int8: weight-only int8 weights (quantize.py), half the bytes of bf16")
-    p.add_argument("--compile", action="store_true",
-                   help="compile the decode step (10-40 s; on a CPU it helps float32, not bf16)")
-    p.add_argument("--text", action="append", default=[],
-                   help="classifier checkpoints: a text to classify (repeatable)")
-    p.add_argument("--file", help="classifier checkpoints: a file with one text per line (for "
-                                  "tables, see evaluate.py --predict)")
-    args = p.parse_args(argv)
-    if not (math.isfinite(args.temperature) and args.temperature >= 0) or args.top_k < 0 \
-            or not 0 < args.top_p <= 1 or args.num_samples < 1 or args.max_new_tokens < 0:
-        raise UserError("need a finite temperature >= 0, top_k >= 0, 0 < top_p <= 1, num_samples "
-                        ">= 1 and max_new_tokens >= 0")
-    if not 0 <= args.seed < 2**63:
-        raise UserError(f"seed must be in [0, 2**63), not {args.seed}")
-    return args
-
-
-def read_text_file(path, what):
-    """A UTF-8 text file's contents, or one line saying why not."""
-    path = Path(path)
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{what} {path} not found") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{what} {path} is not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise UserError(f"cannot read {what} {path} ({e.strerror})") from None
-
-
 def read_prompt(start):
-    return read_text_file(start[5:], "prompt file") if start.startswith("FILE:") else start
+    return read_text(start[5:], "prompt file") if start.startswith("FILE:") else start
 
 
 def prompt_ids(tokenizer, prompt):
@@ -222,7 +174,7 @@ def load(path, rt, quantize="", compile=False):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    args = parse_config(SampleSettings, argv, description=__doc__, prog="sample.py")
     rt = setup_runtime(args.device, args.dtype)
     torch.manual_seed(args.seed)
 
@@ -242,7 +194,7 @@ def main(argv=None):
     if info.task == "cls":
         texts = list(args.text)
         if args.file:
-            lines = read_text_file(args.file, "--file").splitlines()
+            lines = read_text(args.file, "--file").splitlines()
             texts += [line for line in lines if line.strip()]
         if not texts:
             raise UserError(f"{args.out_dir} is a classifier: give texts with --text or --file")
@@ -260,6 +212,48 @@ def main(argv=None):
     for text in generate_text(model, tokenizer, read_prompt(args.start), args, rt):
         print(text)
         print("---------------")
+
+
+# --------------------------------------------------------------------------------------------------
+# The settings (python sample.py --help)
+
+
+@dataclass
+class SampleSettings:
+    out_dir: str = setting("run directory (its best/ is used) or checkpoint directory",
+                           "out/shakespeare")
+    compare: tuple = setting("two checkpoints, BASE TUNED: the same prompt continued by each", ())
+    start: str = setting("the prompt, or FILE:path to read it from a file; empty: unconditional "
+                         "(GPT-2's tokenizer only)", "\n")
+    num_samples: int = setting("how many continuations", 1, ">= 1")
+    max_new_tokens: int = setting("tokens to generate per sample", 200, ">= 0")
+    temperature: float = setting("0 is greedy; < 1 is more conservative, > 1 more random", 0.8,
+                                 SAMPLING_RULES["temperature"][1])
+    top_k: int = setting("sample only from the k most likely (0: all)", 200,
+                         SAMPLING_RULES["top_k"][1])
+    top_p: float = setting("sample only from the smallest set of tokens with this much "
+                           "probability (1: all; 0: the most likely)", 1.0,
+                           SAMPLING_RULES["top_p"][1])
+    seed: int = setting("random seed (same seed, same samples)", 1337, "[0, 9223372036854775807]")
+    device: str = setting("auto | cpu | cuda | cuda:N | mps", "auto")
+    dtype: str = setting("precision of the weights", "auto",
+                         ("auto", "float32", "bfloat16", "float16"))
+    no_kv_cache: bool = setting("recompute the whole context at every step", False)
+    quantize: str = setting("int8: weight-only int8 weights (quantize.py), half the bytes of bf16",
+                            "", ("", "int8"))
+    compile: bool = setting("compile the decode step (10-40 s; on a CPU it helps float32, not "
+                            "bf16)", False)
+    text: tuple = setting("classifier checkpoints: texts to classify (--text A --text B)", ())
+    file: str = setting("classifier checkpoints: a file with one text per line (for tables, see "
+                        "evaluate.py --predict)", "")
+
+    POSITIONAL = ()  # none: every setting is a --key
+
+    def __post_init__(self):
+        check_settings(self)
+        if self.compare and len(self.compare) != 2:
+            raise UserError(f"--compare takes two checkpoints, BASE TUNED, not "
+                            f"{len(self.compare)}")
 
 
 if __name__ == "__main__":

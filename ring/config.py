@@ -1,14 +1,19 @@
 """
-Settings: how a run's settings are declared, read and checked, and how scripts report mistakes.
+Settings: how a script's settings are declared, read and checked, and how scripts report mistakes.
 
 A script's settings are a dataclass whose fields are declared with `setting(help, default, rule)`
-(TrainConfig in train.py). They come, in this order of precedence, from:
+(TrainConfig in train.py, SampleSettings in sample.py, ...). They come, in this order of
+precedence, from:
   1. the defaults;
   2. config files: plain Python that assigns values, e.g. configs/shakespeare.py;
-  3. the command line: --key=value or --key value, converted to the default's type.
-Every value is then checked against its rule ("> 0", "[0, 1)", a list of choices) and must be
-finite, whether it came from a file, the command line or Python code (the dataclass checks itself on
-creation). An unknown key names the closest valid one.
+  3. the command line: --key=value or --key value, converted to the default's type. A bool
+     setting alone (--compile) means true; a tuple setting takes several values (--text A B, or
+     --text A --text B). Positional arguments are config files, unless the settings class names
+     the settings that take them in POSITIONAL (evaluate.py's checkpoint, plot.py's runs).
+Every value is then checked against its rule ("> 0", "[0, 1)", a tuple of choices, "required")
+and must be finite, whether it came from a file, the command line or Python code (the dataclass
+checks itself on creation). Every mistake is one line: an unknown key names the closest valid one,
+and nothing prints argparse's usage message.
 """
 
 import argparse
@@ -52,7 +57,10 @@ def run_main(main):
 
 def setting(help, default, rule=None):
     """A dataclass field with its help text and an optional rule: "> 0", ">= 1", "[0, 1)", "(0, 1]"
-    (intervals, brackets inclusive), or a tuple of allowed values."""
+    (intervals, brackets inclusive), a tuple of allowed values, or "required" (not empty).
+
+    The default's type is the setting's: bool, int, float, str, or tuple (of strings: a setting
+    that takes several values, e.g. sample.py's --text; a choice rule applies to each)."""
     return dataclasses.field(default=default, metadata={"help": help, "rule": rule})
 
 
@@ -78,75 +86,106 @@ _INTERVAL = re.compile(r"([\[(])\s*(\S+),\s*(\S+)\s*([\])])")
 
 
 def satisfies(value, rule):
-    """Does value satisfy rule (see setting)?"""
+    """Does value satisfy rule (see setting)? A tuple value satisfies a choice rule when each of
+    its items does."""
     if rule is None:
         return True
+    if rule == "required":
+        return bool(value)
     if isinstance(rule, tuple):
-        return value in rule
+        return all(v in rule for v in value) if isinstance(value, tuple) else value in rule
     if m := _COMPARISON.fullmatch(rule):
-        bound = float(m.group(2))
+        bound = _number(m.group(2))
         holds = {">=": value >= bound, ">": value > bound, "<=": value <= bound, "<": value < bound}
         return holds[m.group(1)]
     m = _INTERVAL.fullmatch(rule)
-    low, high = float(m.group(2)), float(m.group(3))
+    low, high = _number(m.group(2)), _number(m.group(3))
     above = value >= low if m.group(1) == "[" else value > low
     below = value <= high if m.group(4) == "]" else value < high
     return above and below
 
 
+def _number(text):
+    """A rule's bound: an integer stays one, so that 2**63 is not within [0, 2**63 - 1] (a float
+    rounds that bound up to 2**63)."""
+    return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
 def describe(rule):
+    if rule == "required":
+        return "given"
     if isinstance(rule, tuple):
-        return "one of " + ", ".join(map(str, rule))
+        return "one of " + ", ".join(str(v) if v != "" else "''" for v in rule)
     return rule if _COMPARISON.fullmatch(rule) else f"in {rule}"
+
+
+def check_value(name, value, expected, rule=None, help=""):
+    """value as a setting `name` of type expected that satisfies rule, or a UserError. An integer
+    where a float is expected becomes a float, a list where a tuple is expected a tuple. The one
+    check of every setting (check_settings), and of the Python APIs that share a setting's rule
+    (sample.check_sampling)."""
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if expected is tuple and isinstance(value, list):
+        value = tuple(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise UserError(f"{name} must be {expected.__name__}, not {value!r}")
+    if expected is tuple and not all(isinstance(v, str) for v in value):
+        raise UserError(f"{name} must hold strings, not {value!r}")
+    if expected is float and not math.isfinite(value):
+        raise UserError(f"{name} must be a finite number, not {value}")
+    if not satisfies(value, rule):
+        if rule == "required":
+            raise UserError(f"{name} is missing" + (f": {help}" if help else ""))
+        raise UserError(f"{name} must be {describe(rule)}, not {value!r}")
+    return value
 
 
 def check_settings(cfg):
     """Check every field of a settings dataclass: type, finiteness and rule (else a UserError)."""
     for field in dataclasses.fields(cfg):
-        value, expected = getattr(cfg, field.name), _type_of(field)
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-            setattr(cfg, field.name, value)
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise UserError(f"{field.name} must be {expected.__name__}, not {value!r}")
-        if expected is float and not math.isfinite(value):
-            raise UserError(f"{field.name} must be a finite number, not {value}")
-        rule = field.metadata.get("rule")
-        if not satisfies(value, rule):
-            raise UserError(f"{field.name} must be {describe(rule)}, not {value!r}")
+        value = check_value(field.name, getattr(cfg, field.name), _type_of(field),
+                            field.metadata.get("rule"), field.metadata.get("help", ""))
+        setattr(cfg, field.name, value)
 
 
 def _type_of(field):
-    names = {"int": int, "float": float, "bool": bool, "str": str}
+    names = {"int": int, "float": float, "bool": bool, "str": str, "tuple": tuple}
     return names[field.type] if isinstance(field.type, str) else field.type
 
 
 # --------------------------------------------------------------------------------------------------
 # Reading settings
 
+BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True,
+              "0": False, "false": False, "no": False, "off": False}
 
-def _closest(key, valid):
-    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
+
+def did_you_mean(key, valid):
+    """' (did you mean 'x'?)': the closest of the valid names, however far."""
+    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.0)
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
+def usage_error(message):
+    """A mistake on the command line: one line and exit status 2 (the convention for usage
+    errors), not argparse's usage message."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
 def convert(text, expected, key):
-    """A command-line string as the setting's type; a wrong one stops with one line (exit status 2,
-    the convention for usage errors), not with argparse's usage message."""
+    """A command-line string (a list of them for a tuple) as the setting's type; a wrong one stops
+    with one line (usage_error)."""
+    if expected is tuple:
+        return tuple(text)
     try:
         if expected is bool:
-            lowered = text.lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
+            return BOOL_WORDS[text.lower()]
         return expected(text)
-    except ValueError:
+    except (KeyError, ValueError):
         kinds = {bool: "true or false", int: "an integer", float: "a number"}
-        kind = kinds.get(expected, "a string")
-        print(f"error: --{key} must be {kind}, not '{text}'", file=sys.stderr)
-        raise SystemExit(2) from None
+        usage_error(f"--{key} must be {kinds.get(expected, 'a string')}, not '{text}'")
 
 
 def read_config_file(path):
@@ -163,40 +202,94 @@ def read_config_file(path):
             if not k.startswith("_") and not hasattr(v, "__spec__")}
 
 
-def parse_config(config_class, argv=None, description=None):
-    """A config_class instance from its defaults, config files and --key=value overrides, checked.
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # e.g. "argument --out_dir: expected one argument"
+        usage_error(message)
 
-    A setting listed in config_class.FOLLOWS (e.g. lr_decay_iters follows max_iters) goes back to
-    its default when the setting it follows is given on the command line and it is not: overriding
-    --max_iters on a config file must not leave that file's schedule length behind."""
-    fields = {f.name: f for f in dataclasses.fields(config_class)}
-    defaults = {name: f.default for name, f in fields.items()}
-    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
-    parser.add_argument("config_files", nargs="*", help="config files (Python) applied in order")
+
+def _help(field):
+    """A setting's line in --help: what it is, its rule and its default."""
+    rule, text = field.metadata.get("rule"), field.metadata.get("help", "")
+    if rule == "required":
+        return f"{text} (required)"
+    rule = f", {describe(rule)}" if rule else ""
+    default = field.default
+    shown = (" ".join(default) or "none") if isinstance(default, tuple) else repr(default)
+    return f"{text}{rule} (default: {shown})"
+
+
+def _parser(config_class, fields, positional, description, prog):
+    """The argparse parser of a settings class: every value is read as a string (or a list of
+    them), with no default, so that what the command line gave is told apart from the rest."""
+    epilog = ("--key=value and --key value both work; a true/false setting alone (--compile)\n"
+              "means true; one shown as STR [STR ...] takes several values: --key A B, or\n"
+              "--key A --key B.")
+    parser = _Parser(prog=prog, description=description, epilog=epilog, allow_abbrev=False,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    if positional is None:
+        parser.add_argument("config_files", nargs="*", default=[],
+                            help="config files (Python) applied in order")
+    for name in positional or ():
+        several = _type_of(fields[name]) is tuple
+        parser.add_argument(name, nargs="*" if several else "?", default=argparse.SUPPRESS,
+                            metavar=name.upper(), help=_help(fields[name]))
+    metavars = {bool: "BOOL", int: "INT", float: "FLOAT", str: "STR", tuple: "STR"}
     for name, field in fields.items():
-        rule = field.metadata.get("rule")
-        rule = f", {describe(rule)}" if rule else ""
-        parser.add_argument(f"--{name}", default=argparse.SUPPRESS,
-                            metavar=_type_of(field).__name__.upper(),
-                            help=f"{field.metadata.get('help', '')}{rule} (default: "
-                                 f"{defaults[name]!r})")
-    aliases = getattr(config_class, "ALIASES", {})  # an older name -> the setting's name now
-    for old, new in aliases.items():
+        if name in (positional or ()):
+            continue
+        kind = _type_of(field)
+        several = dict(nargs="+", action="extend") if kind is tuple else {}
+        parser.add_argument(f"--{name}", default=argparse.SUPPRESS, metavar=metavars[kind],
+                            help=_help(field), **several)
+    for old, new in getattr(config_class, "ALIASES", {}).items():
         parser.add_argument(f"--{old}", dest=new, default=argparse.SUPPRESS, metavar="...",
                             help=f"the older name of --{new}")
-    args, unknown = parser.parse_known_args(argv)
-    for arg in unknown:
+    return parser
+
+
+def _bare_flags(argv, flags):
+    """The command line with each bare --flag of a bool setting written --flag=true. The next
+    argument is the flag's value only if it reads as one (true, false, 1, 0, yes, no, on, off):
+    `--force gpt2` is --force=true and then gpt2."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg == "--":  # what follows are positional arguments
+            return out + argv[i:]
+        following = argv[i + 1] if i + 1 < len(argv) else None
+        if arg in flags and (following is None or following.lower() not in BOOL_WORDS):
+            arg += "=true"
+        out.append(arg)
+    return out
+
+
+def parse_config(config_class, argv=None, description=None, prog=None):
+    """A config_class instance from its defaults, config files and --key=value overrides, checked.
+
+    Positional arguments are config files, unless config_class.POSITIONAL names the settings that
+    take them (a tuple setting takes all of them). A setting listed in config_class.FOLLOWS (e.g.
+    lr_decay_iters follows max_iters) goes back to its default when the setting it follows is given
+    on the command line and it is not: overriding --max_iters on a config file must not leave that
+    file's schedule length behind."""
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    positional = getattr(config_class, "POSITIONAL", None)
+    aliases = getattr(config_class, "ALIASES", {})  # an older name -> the setting's name now
+    parser = _parser(config_class, fields, positional, description, prog)
+    flags = {f"--{name}" for name, f in fields.items() if _type_of(f) is bool}
+    flags |= {f"--{old}" for old, new in aliases.items() if f"--{new}" in flags}
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    args, unknown = parser.parse_known_intermixed_args(_bare_flags(argv, flags))
+    for arg in sorted(unknown, key=lambda a: not a.startswith("-")):  # options first
         key = arg.lstrip("-").split("=")[0]
         if arg.startswith("-"):
-            raise UserError(f"unknown option --{key}{_closest(key, list(fields))}")
+            raise UserError(f"unknown option --{key}{did_you_mean(key, fields)}")
         raise UserError(f"unexpected argument '{arg}'")
 
     values = {}
-    for path in args.config_files:
+    for path in getattr(args, "config_files", []):
         for key, value in read_config_file(path).items():
             key = aliases.get(key, key)
             if key not in fields:
-                raise UserError(f"unknown key '{key}' in {path}{_closest(key, list(fields))}")
+                raise UserError(f"unknown key '{key}' in {path}{did_you_mean(key, fields)}")
             values[key] = value
     cli = {k: convert(v, _type_of(fields[k]), k) for k, v in vars(args).items()
            if k != "config_files"}
@@ -206,10 +299,6 @@ def parse_config(config_class, argv=None, description=None):
                   "not used)")
             del values[follower]
     values.update(cli)
-    for key, value in values.items():
-        expected = _type_of(fields[key])
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            values[key] = float(value)
-        elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise UserError(f"'{key}' must be {expected.__name__}, got {value!r}")
+    for key, value in values.items():  # the type now; the rules when the dataclass is made
+        values[key] = check_value(key, value, _type_of(fields[key]))
     return config_class(**values)  # the dataclass checks itself (check_settings in __post_init__)

@@ -54,33 +54,6 @@ def enclosing_checkpoint(path):
     return None
 
 
-def check_output_dir(path, ours, force):
-    """Refuse to write a command's output directory over anything the command did not create.
-
-    path must not be, contain, or lie inside a checkpoint or run directory; if it exists and is not
-    empty, ours(path) must say it holds an earlier output of the same command, and force must be set
-    to replace it. Every refusal is one line."""
-    path = Path(path)
-    inside = enclosing_checkpoint(path)
-    if inside is not None and inside != path.resolve():
-        raise UserError(f"{path} lies inside the checkpoint {inside}; choose an --out_dir outside "
-                        "it")
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{path} is a file, not a directory; choose another --out_dir")
-    if not path.is_dir() or not any(path.iterdir()):
-        return
-    if holds_run(path) or any(holds_run(p) for p in path.iterdir() if p.is_dir()):
-        raise UserError(f"{path} holds a training run; choose another --out_dir (nothing was "
-                        "changed)")
-    if not ours(path):
-        shown = ", ".join(sorted(p.name for p in path.iterdir())[:5])
-        raise UserError(f"{path} already exists and holds files this command did not write "
-                        f"({shown}); choose another --out_dir")
-    if not force:
-        raise UserError(f"{path} already exists; choose another --out_dir, or pass --force to "
-                        "replace it")
-
-
 class RunDirectory:
     """out_dir while a run writes to it: the lock, the checks, metrics.jsonl and TensorBoard.
 

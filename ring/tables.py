@@ -326,11 +326,32 @@ def load_labelled_file(path, text_column, label_column, tokenizer, block_size, t
     return LabelledTexts(texts, tokens, labels, str(path), note)
 
 
+def classifier_text(text):
+    """A text as a classifier reads it: HTML line breaks (<br />, as in the IMDB reviews) become
+    newlines. Every path a text takes into a classifier goes through here, so that it is read the
+    same way in training (table_texts) and after (metrics.classify_texts: evaluate.py --predict,
+    sample.py --text and --file). Applying it twice changes nothing."""
+    return HTML_BREAK.sub("\n", text)
+
+
 def table_texts(row, text_columns):
-    """The text of a row: its text columns joined with a newline (a title and its article), empty
-    cells left out, HTML line breaks (<br />, as in the IMDB reviews) turned into newlines."""
+    """The text of a row, as a classifier reads it (classifier_text): its text columns joined with
+    a newline (a title and its article), empty cells left out."""
     cells = [str(row[c]) for c in text_columns if row.get(c) is not None and str(row[c]).strip()]
-    return HTML_BREAK.sub("\n", "\n".join(cells))
+    return classifier_text("\n".join(cells))
+
+
+# A spreadsheet runs a cell that begins with one of these as a formula: a predictions file opened
+# there must not run what a text says (CSV injection; OWASP's advice is a single quote in front).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell):
+    """A CSV cell that a spreadsheet shows as text and never runs: a string that begins with =, +,
+    -, @, a tab or a carriage return gets a single quote in front. Other values are unchanged."""
+    if isinstance(cell, str) and cell.startswith(FORMULA_STARTS):
+        return "'" + cell
+    return cell
 
 
 def _tokenize_file(path, text_column, label_column, tokenizer, block_size, truncation, cache):

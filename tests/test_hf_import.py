@@ -25,6 +25,7 @@ from ring.config import UserError, run_main
 from conftest import tiny_config
 from data import GPT2Tokenizer as OurGPT2Tokenizer
 from ring.download import download
+import hf_import
 from hf_import import export_hf, hf_to_ours, import_hf, main, ours_to_hf, resolve_pretrained
 from model import GPT, GPTClassifier, GPTConfig
 from sample import generate
@@ -458,6 +459,15 @@ def untied_head(d):
     torch.save(state, d / "pytorch_model.bin")
 
 
+def shards_named(d, name):
+    """A sharded model whose index names `name` as a shard (a path outside the model directory)."""
+    (d / "model.safetensors").rename(d / "shard.safetensors")
+    weight_map = {k: "shard.safetensors" for k in load_file(d / "shard.safetensors")}
+    weight_map["transformer.wte.weight"] = name
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+
+CLASSIFIER = ["GPT2ForSequenceClassification"]
 BAD_INPUTS = {
     "no weights": (lambda d: (d / "model.safetensors").unlink(), "no weights in .*expected model.safetensors"),
     "no config": (lambda d: (d / "config.json").unlink(), r"config.json not found"),
@@ -473,6 +483,25 @@ BAD_INPUTS = {
                      r"unexpected tensor 'transformer.h.2.ln_1.bias'"),
     "bad pickle": (wrong_bin, r"pytorch_model.bin is not a readable PyTorch weights file"),
     "untied head": (untied_head, r"lm_head.weight differs from wte.weight"),
+    # every size in config.json bounded and typed, as in our own checkpoints
+    "huge n_layer": (lambda d: edit_config(d, n_layer=10**6),
+                     r"config.json: n_layer must be an integer in \[1, 1024\], not 1000000"),
+    "string n_embd": (lambda d: edit_config(d, n_embd="32"),
+                      r"config.json: n_embd must be an integer in \[1, 65536\], not '32'"),
+    "string num_labels": (lambda d: edit_config(d, architectures=CLASSIFIER, num_labels="2"),
+                          r"config.json: num_labels must be an integer in \[1, 65536\], not '2'"),
+    "id2label list": (lambda d: edit_config(d, architectures=CLASSIFIER, id2label=["a", "b"]),
+                      r"config.json: id2label must be an object of label names"),
+    "architectures": (lambda d: edit_config(d, architectures=7),
+                      r"config.json: architectures must be a list of names, not 7"),
+    "int weights": (lambda d: rewrite_weights(d, lambda s: s.update(
+        {"transformer.ln_f.bias": s["transformer.ln_f.bias"].to(torch.int32)})),
+                    r"transformer.ln_f.bias does not hold floating-point weights"),
+    # the shards of an index.json: files in the model's directory, nowhere else
+    "shard outside": (lambda d: shards_named(d, "../outside.safetensors"),
+                      r"weight_map names '../outside.safetensors', not a file in"),
+    "absolute shard": (lambda d: shards_named(d, "/etc/passwd"),
+                       r"weight_map names '/etc/passwd', not a file in"),
 }
 
 
@@ -486,6 +515,19 @@ def test_bad_input_stops_with_one_line_and_writes_nothing(tmp_path, tiny_hf, cas
         import_hf(str(source), out)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_sizes_are_checked_before_anything_is_built_or_loaded(tmp_path, tiny_hf, monkeypatch):
+    source = copy_dir(tiny_hf[1], tmp_path / "hf")
+    monkeypatch.setattr(hf_import, "load_file", lambda *a: pytest.fail("weights loaded first"))
+    edit_config(source, n_positions=64)  # the safetensors header says 48
+    with pytest.raises(UserError, match=r"wpe.weight has shape \(48, 32\), but config.json"):
+        import_hf(str(source), tmp_path / "out")
+    edit_config(source, n_positions=48, n_layer=10**6)
+    monkeypatch.setattr(hf_import, "tensor_shapes", lambda *a: pytest.fail("a model was built"))
+    with pytest.raises(UserError, match=r"n_layer must be an integer in \[1, 1024\]"):
+        import_hf(str(source), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_model_id(tmp_path):

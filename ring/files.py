@@ -1,0 +1,113 @@
+"""
+What a command writes besides a training run: output files and directories, checked before any
+work is done, written atomically, never through a link.
+
+    check_output_file(path, ours, force, inputs)   may the command write the file path?
+    write_file(path, fill)                          a temporary file beside it, renamed into place
+    check_output_dir(path, ours, force, inputs)    may it write the directory path? (written with
+                                                    checkpoint.write_directory, atomically too)
+
+The rule is the one train.py keeps for its run directory (rundir.py): nothing is replaced that the
+command did not create. An output must be new, or an earlier output of the same command (which
+ours(path) recognises by a marker the command writes into it), and that only with --force. Never
+the command's own input, a link, a run directory or a file of one (last/, best/, metrics.jsonl...),
+nor anything inside a checkpoint. Every refusal is one line, before the work starts.
+"""
+
+import os
+from pathlib import Path
+
+from ring.config import UserError
+from ring.rundir import RUN_FILES, enclosing_checkpoint, holds_run
+
+
+def check_output_file(path, ours, force, inputs=(), flag="--out"):
+    """Refuse, in one line, to write the file path over anything the command did not create (see
+    the module's rule); ours(path) says whether an existing file is an earlier output of the same
+    command, which force allows to be replaced."""
+    path = Path(path)
+    _refuse_protected(path, inputs, flag)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory; {flag} takes the name of a file")
+    if not path.exists():
+        return
+    if not ours(path):
+        raise UserError(f"{path} already exists and was not written by this command; choose "
+                        f"another {flag} (nothing was changed)")
+    if not force:
+        raise UserError(f"{path} already exists; choose another {flag}, or pass --force to "
+                        "replace it")
+
+
+def check_output_dir(path, ours, force, inputs=(), flag="--out_dir"):
+    """Refuse, in one line, to write the directory path over anything the command did not create.
+
+    path must not be, contain, or lie inside a checkpoint or run directory (it may be a checkpoint
+    that ours() recognises, such as an earlier import); if it exists and is not empty, ours(path)
+    must say it holds an earlier output of the same command, and force must be set to replace
+    it."""
+    path = Path(path)
+    _refuse_protected(path, inputs, flag)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} is a file, not a directory; choose another {flag}")
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    if holds_run(path) or any(holds_run(p) for p in path.iterdir() if p.is_dir()):
+        raise UserError(f"{path} holds a training run; choose another {flag} (nothing was "
+                        "changed)")
+    if not ours(path):
+        shown = ", ".join(sorted(p.name for p in path.iterdir())[:5])
+        raise UserError(f"{path} already exists and holds files this command did not write "
+                        f"({shown}); choose another {flag}")
+    if not force:
+        raise UserError(f"{path} already exists; choose another {flag}, or pass --force to "
+                        "replace it")
+
+
+def _refuse_protected(path, inputs, flag):
+    """What no output may be, whatever it holds: a link (it would be written through), inside a
+    checkpoint, a run directory's own file, or one of the command's inputs."""
+    if path.is_symlink():
+        raise UserError(f"{path} is a link; choose another {flag} (nothing is written through a "
+                        "link)")
+    inside = enclosing_checkpoint(path)
+    if inside is not None and inside != path.resolve():
+        raise UserError(f"{path} lies inside the checkpoint {inside}; choose an {flag} outside "
+                        "it")
+    if path.name in (*RUN_FILES, ".lock") and holds_run(path.parent):
+        raise UserError(f"{path} belongs to the run in {path.parent}; choose another {flag}")
+    for given in inputs:
+        if given and _same_file(path, given):
+            raise UserError(f"{path} is this command's input {given}; choose another {flag} "
+                            "(nothing was changed)")
+
+
+def _same_file(a, b):
+    a, b = Path(a), Path(b)
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)  # hard links too
+    return a.resolve() == b.resolve()
+
+
+def write_file(path, fill, binary=False):
+    """Create (or replace) the file path atomically: fill(f) writes a new temporary file beside it,
+    created exclusively (so never through a link), which is then renamed over path; the rename
+    replaces a link, not what it points to. If anything fails, path is as it was and the temporary
+    file is gone; an OS error is one line. Text files are UTF-8, with newlines as written (csv)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    created = False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(tmp, flags, 0o666)  # 0666 less the umask, as any new file
+        created = True
+        with (open(fd, "wb") if binary else open(fd, "w", newline="", encoding="utf-8")) as f:
+            fill(f)
+        os.replace(tmp, path)
+    except BaseException as e:
+        if created:
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
