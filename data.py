@@ -13,13 +13,14 @@ From text on disk to batches of token ids.
 """
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ring import corpus
-from ring.config import UserError
+from ring.config import UserError, parse_config, run_main, setting
 from ring.download import HUB_CORPORA, download, fetch_hub_corpus, gpt2_encoding
 
 # --------------------------------------------------------------------------------------------------
@@ -310,3 +311,44 @@ class LengthBatches:
     def load_state_dict(self, state):
         self.seed, self.epoch, self.position = state["seed"], state["epoch"], state["position"]
         self._batches = self.epoch_batches(self.epoch)
+
+
+# --------------------------------------------------------------------------------------------------
+# python data.py DATASET: prepare ahead of time what train.py --dataset=DATASET prepares on first use
+
+
+def main(argv=None):
+    args = parse_config(PrepareSettings, argv, prog="data.py",
+                        description="Prepare a dataset's token shards once, as train.py would on "
+                                    "first use (the same options find the same shards).")
+    if args.dataset in HUB_CORPORA:
+        fetch_hub_corpus(args.dataset, Path(args.data_dir) / args.dataset, shards=args.shards)
+    directory, manifest = prepare_lm_data(args.dataset, args.tokenizer, args.data_dir,
+                                          val_fraction=args.val_fraction,
+                                          text_column=args.text_column, workers=args.workers)
+    documents = manifest["documents"]
+    held = f" ({documents['train']:,} and {documents['val']:,} documents)" if documents else ""
+    print(f"{directory}: {manifest['train_tokens']:,} train and {manifest['val_tokens']:,} val "
+          f"tokens{held} in {len(manifest['shards'])} shards")
+
+
+@dataclass
+class PrepareSettings:
+    dataset: str = setting("a built-in name (shakespeare, fineweb10B, finewebedu10B), a .txt file, "
+                           "a folder of .txt files, a .jsonl/.csv/.tsv(.gz) of documents or a "
+                           "folder of .bin shards", "", "required")
+    tokenizer: str = setting("the tokenizer (as train.py's --tokenizer)", "char", ("char", "gpt2"))
+    text_column: str = setting("the text column(s) of a table of documents (empty: guessed)", "")
+    val_fraction: float = setting("share of the documents held out for validation", 0.1,
+                                  "(0, 0.5)")
+    data_dir: str = setting("where downloads and token shards go", "data")
+    workers: int = setting("tokenizer threads (0: one per core); the shards are the same bytes "
+                           "for any number", 0, ">= 0")
+    shards: int = setting("fineweb10B, finewebedu10B: how many training shards of 100M tokens to "
+                          "download ahead (0: one)", 0, ">= 0")
+
+    POSITIONAL = ("dataset",)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -5,6 +5,8 @@ Score a checkpoint on a file, or write its predictions, without training.
     python evaluate.py out/cls-tweets --data test.csv --max_samples 500   # a stratified sample
     python evaluate.py out/shakespeare --data input.txt        # language model: perplexity
     python evaluate.py out/cls-tweets --predict texts.jsonl --out predictions.csv
+    python evaluate.py checkpoints/gpt2 --data fineweb10B      # a corpus's validation split
+    python evaluate.py checkpoints/gpt2 --hellaswag            # HellaSwag (downloaded once)
 
 The checkpoint is a run directory (its best/) or a checkpoint directory. Labelled files are read as
 finetune.py reads them (.csv, .tsv, .jsonl, optionally .gz; columns guessed or --text_column /
@@ -29,34 +31,39 @@ import torch.nn.functional as F
 
 from model import load_model
 from ring.config import UserError, check_settings, parse_config, run_main, setting
-from data import read_text, tokenizer_from_dict
-from metrics import classify_texts, evaluate_classifier, format_report, logged, split_batches
+from data import TokenStream, load_tokens, prepare_lm_data, read_text, tokenizer_from_dict
+from metrics import (classify_texts, evaluate_classifier, format_report, hellaswag_scores, logged,
+                     split_batches)
+from ring.download import fetch_hellaswag
 from ring.files import check_output_file, write_file
 from ring.runtime import setup_runtime
 from sample import for_inference
-from ring.tables import (load_labelled_file, pick_columns, read_table, sample_of,
+from ring.tables import (load_labelled_file, pick_columns, read_hellaswag, read_table, sample_of,
                          spreadsheet_safe, table_texts)
 
 
 @torch.inference_mode()
-def language_model_loss(model, ids, batch_size, device):
-    """(mean cross-entropy, tokens predicted) of a language model over a whole token sequence.
+def language_model_loss(model, tokens, batch_size, device):
+    """(mean cross-entropy, tokens predicted) of a language model over a whole token sequence (a
+    list of ids, or a data.TokenStream: a corpus's validation split).
 
     The text is cut into windows of block_size + 1 tokens that overlap by one, so every token after
     the first is predicted exactly once, from the tokens before it in its window (at most block_size
     of them). The last window may be shorter: it is padded, and the padding's targets (-1) are
     ignored. The loss is computed from the logits in float32, whatever precision the model runs in
     (a bf16 cross-entropy is off in the third digit)."""
-    T = model.config.block_size
-    windows = [ids[s : s + T + 1] for s in range(0, len(ids) - 1, T)]
+    if not isinstance(tokens, TokenStream):
+        tokens = TokenStream([np.asarray(tokens, dtype=np.int64)])
+    T, n = model.config.block_size, len(tokens)
+    starts = range(0, n - 1, T)
     total, count = 0.0, 0
-    for i in range(0, len(windows), batch_size):
-        group = windows[i : i + batch_size]
+    for i in range(0, len(starts), batch_size):
+        group = [tokens.window(s, min(T + 1, n - s)) for s in starts[i : i + batch_size]]
         x = torch.zeros(len(group), T, dtype=torch.long)
         y = torch.full((len(group), T), -1, dtype=torch.long)
         for row, window in enumerate(group):
-            x[row, : len(window) - 1] = torch.tensor(window[:-1])
-            y[row, : len(window) - 1] = torch.tensor(window[1:])
+            x[row, : len(window) - 1] = torch.from_numpy(window[:-1])
+            y[row, : len(window) - 1] = torch.from_numpy(window[1:])
         x, y = x.to(device), y.to(device)
         logits, _ = model(x, y)  # with targets: the logits of every position, (B, T, V)
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1,
@@ -65,13 +72,41 @@ def language_model_loss(model, ids, batch_size, device):
     return total / count, count
 
 
-def evaluate_text(model, tokenizer, path, args, device):
-    ids = tokenizer.encode(read_text(path, "--data"))
-    if len(ids) < 2:
-        raise UserError(f"{path} has fewer than two tokens: nothing to predict")
-    loss, n = language_model_loss(model, ids, args.batch_size, device)
+def evaluate_text(model, tokenizer, info, data, args, device):
+    """A language model's loss and perplexity: on a whole .txt file, every token after the first;
+    on a corpus (a built-in name such as fineweb10B, a folder, a table of documents, shards), on
+    its validation split, prepared as train.py prepares it (and cached in --data_dir)."""
+    path = Path(data)
+    if path.is_file() and path.suffix == ".txt":
+        tokens, where = tokenizer.encode(read_text(path, "--data")), str(path)
+    else:
+        directory, manifest = prepare_lm_data(data, info.tokenizer, args.data_dir,
+                                              text_column=args.text_column)
+        tokens, where = load_tokens(directory, manifest, "val"), f"the validation split of {data}"
+    if args.max_tokens and len(tokens) > args.max_tokens:
+        tokens = tokens.window(0, args.max_tokens) if isinstance(tokens, TokenStream) \
+            else tokens[: args.max_tokens]
+    if len(tokens) < 2:
+        raise UserError(f"{data} has fewer than two tokens: nothing to predict")
+    loss, n = language_model_loss(model, tokens, args.batch_size, device)
     metrics = {"loss": loss, "perplexity": math.exp(loss), "tokens": n}
-    print(f"{path}: loss {loss:.4f} | perplexity {math.exp(loss):.3f} | {n:,} tokens predicted")
+    print(f"{where}: loss {loss:.4f} | perplexity {math.exp(loss):.3f} | {n:,} tokens predicted")
+    return metrics
+
+
+def evaluate_hellaswag(model, tokenizer, info, args, device):
+    """HellaSwag's validation split (downloaded on first use) or a file in its format, completion
+    style: metrics.hellaswag_scores."""
+    if info.task != "lm" or info.tokenizer["type"] != "gpt2":
+        raise UserError(f"{args.checkpoint} is not a GPT-2-tokenizer language model; HellaSwag "
+                        "scores those")
+    path = args.hellaswag
+    if path == "download":
+        path = fetch_hellaswag(Path(args.data_dir) / "hellaswag")
+    examples = read_hellaswag(path, args.max_samples)
+    metrics = hellaswag_scores(model, tokenizer, examples, device, batch_size=8)
+    print(f"HellaSwag ({path}, {len(examples):,} examples): acc {metrics['hellaswag_acc']:.4f} | "
+          f"acc_norm {metrics['hellaswag_acc_norm']:.4f}")
     return metrics
 
 
@@ -170,10 +205,12 @@ def main(argv=None):
             raise UserError(f"{args.checkpoint} is a language model; --predict needs a classifier")
         predict_table(model, tokenizer, info, args.predict, out, args, rt.device)
         return
-    if info.task == "cls":
+    if args.hellaswag:
+        metrics = evaluate_hellaswag(model, tokenizer, info, args, rt.device)
+    elif info.task == "cls":
         metrics = evaluate_table(model, tokenizer, info, args.data, args, rt.device)
     else:
-        metrics = evaluate_text(model, tokenizer, args.data, args, rt.device)
+        metrics = evaluate_text(model, tokenizer, info, args.data, args, rt.device)
     if out:
         write_file(out, lambda f: f.write(json.dumps({**metrics, METRICS_MARK: True}, indent=1)))
 
@@ -189,15 +226,21 @@ class EvaluateSettings:
     data: str = setting("score on this file: a labelled table (classifier) or a UTF-8 text file "
                         "(language model)", "")
     predict: str = setting("classify the texts of this table (classifier)", "")
+    hellaswag: str = setting("score HellaSwag's validation split, downloaded on first use "
+                             "(--hellaswag), or a file in its format (--hellaswag=FILE)", "",
+                             bare="download")
     out: str = setting("--predict: the CSV to write (empty: predictions.csv); --data: also write "
                        "the metrics to this JSON file", "")
     force: bool = setting("replace --out if it holds an earlier output of evaluate.py (never "
                           "anything else)", False)
     text_column: str = setting("the text column(s), comma-separated (empty: guessed)", "")
     label_column: str = setting("the label column (empty: guessed)", "")
-    max_samples: int = setting("--data: a stratified sample of this many (0: all)", 0, ">= 0")
+    max_samples: int = setting("--data: a stratified sample of this many; --hellaswag: the first "
+                               "this many (0: all)", 0, ">= 0")
+    max_tokens: int = setting("--data, a language model: the first this many tokens (0: all)", 0,
+                              ">= 0")
     batch_size: int = setting("texts (or windows) per batch", 32, ">= 1")
-    data_dir: str = setting("where tokenized tables are cached", "data")
+    data_dir: str = setting("where downloads and tokenized data are cached", "data")
     seed: int = setting("seed of the --max_samples sample", 1337, "[0, 9223372036854775807]")
     device: str = setting("auto | cpu | cuda | cuda:N | mps", "auto")
     dtype: str = setting("precision of the weights", "auto",
@@ -208,9 +251,9 @@ class EvaluateSettings:
 
     def __post_init__(self):
         check_settings(self)
-        if bool(self.data) == bool(self.predict):
-            raise UserError("give one of --data FILE (score the checkpoint) and --predict FILE "
-                            "(write predictions)")
+        if sum(map(bool, (self.data, self.predict, self.hellaswag))) != 1:
+            raise UserError("give one of --data FILE (score the checkpoint), --predict FILE (write "
+                            "predictions) and --hellaswag[=FILE]")
 
 
 if __name__ == "__main__":

@@ -55,13 +55,15 @@ def run_main(main):
 # Declaring settings
 
 
-def setting(help, default, rule=None):
+def setting(help, default, rule=None, bare=None):
     """A dataclass field with its help text and an optional rule: "> 0", ">= 1", "[0, 1)", "(0, 1]"
     (intervals, brackets inclusive), a tuple of allowed values, or "required" (not empty).
 
     The default's type is the setting's: bool, int, float, str, or tuple (of strings: a setting
-    that takes several values, e.g. sample.py's --text; a choice rule applies to each)."""
-    return dataclasses.field(default=default, metadata={"help": help, "rule": rule})
+    that takes several values, e.g. sample.py's --text; a choice rule applies to each). A bool given
+    bare (--compile) is true; a str setting with `bare` may be given bare too, meaning that value
+    (evaluate.py's --hellaswag, or --hellaswag=FILE)."""
+    return dataclasses.field(default=default, metadata={"help": help, "rule": rule, "bare": bare})
 
 
 def with_defaults(cls, defaults, helps=None):
@@ -247,10 +249,11 @@ def _parser(config_class, fields, positional, description, prog):
     return parser
 
 
-def _bare_flags(argv, flags):
+def _bare_flags(argv, flags, bare):
     """The command line with each bare --flag of a bool setting written --flag=true. The next
     argument is the flag's value only if it reads as one (true, false, 1, 0, yes, no, on, off):
-    `--force gpt2` is --force=true and then gpt2."""
+    `--force gpt2` is --force=true and then gpt2. A bare --flag of a str setting with a bare value
+    (bare: {flag: value}) is that value when no value follows it (the end, or another option)."""
     out = []
     for i, arg in enumerate(argv):
         if arg == "--":  # what follows are positional arguments
@@ -258,6 +261,8 @@ def _bare_flags(argv, flags):
         following = argv[i + 1] if i + 1 < len(argv) else None
         if arg in flags and (following is None or following.lower() not in BOOL_WORDS):
             arg += "=true"
+        elif arg in bare and (following is None or following.startswith("-")):
+            arg += f"={bare[arg]}"
         out.append(arg)
     return out
 
@@ -277,7 +282,9 @@ def parse_config(config_class, argv=None, description=None, prog=None):
     flags = {f"--{name}" for name, f in fields.items() if _type_of(f) is bool}
     flags |= {f"--{old}" for old, new in aliases.items() if f"--{new}" in flags}
     argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
-    args, unknown = parser.parse_known_intermixed_args(_bare_flags(argv, flags))
+    bare = {f"--{name}": f.metadata["bare"] for name, f in fields.items()
+            if f.metadata.get("bare") is not None}
+    args, unknown = parser.parse_known_intermixed_args(_bare_flags(argv, flags, bare))
     for arg in sorted(unknown, key=lambda a: not a.startswith("-")):  # options first
         key = arg.lstrip("-").split("=")[0]
         if arg.startswith("-"):

@@ -435,7 +435,8 @@ def test_losses_are_float32_from_bf16_logits():
         logits, bf16_loss = model(x, y)
     assert logits.dtype == torch.bfloat16
     expected = F.cross_entropy(logits.float()[0], y[0]).item()
-    assert bf16_loss.item() != pytest.approx(expected, rel=1e-4)  # the model's own, in bf16: off
+    assert F.cross_entropy(logits[0], y[0]).item() != pytest.approx(expected, rel=1e-4)  # bf16: off
+    assert bf16_loss.item() == pytest.approx(expected, rel=1e-6)  # the model's own: float32
     loss, count = evaluate.language_model_loss(model, ids, 1, "cpu")
     assert count == T and loss == pytest.approx(expected, rel=1e-6)
 

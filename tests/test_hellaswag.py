@@ -109,3 +109,33 @@ def test_the_download_must_match_the_published_git_blob_and_is_checked_after(tmp
     finally:
         hub.server.shutdown()
         hub.server.server_close()
+
+
+def test_evaluate_scores_hellaswag_and_a_corpus_validation_split(tmp_path, capsys):
+    import evaluate
+    from ring.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = GPT(tiny_config(vocab_size=50257, block_size=64, n_embd=32)).eval()
+    save_checkpoint(tmp_path / "lm", model, {"task": "lm", "tokenizer": {"type": "gpt2"}})
+    path = write_file(tmp_path / "h.jsonl")
+    evaluate.main([str(tmp_path / "lm"), f"--hellaswag={path}", "--out", str(tmp_path / "h.json"),
+                   "--device=cpu", "--dtype=float32"])
+    scored = json.loads((tmp_path / "h.json").read_text())
+    expected = hellaswag_scores(model, GPT2Tokenizer(), read_hellaswag(path), "cpu")
+    assert {k: scored[k] for k in expected} == expected
+    assert "HellaSwag (" in capsys.readouterr().out
+    # a corpus: the loss over its validation split, as train.py prepares it
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": f"document {i} about rivers and stones"}) + "\n"
+                            for i in range(40)))
+    evaluate.main([str(tmp_path / "lm"), f"--data={docs}", "--data_dir", str(tmp_path / "data"),
+                   "--out", str(tmp_path / "c.json"), "--device=cpu", "--dtype=float32"])
+    import data
+    from evaluate import language_model_loss
+
+    directory, manifest = data.prepare_lm_data(str(docs), "gpt2", tmp_path / "data")
+    val = data.load_tokens(directory, manifest, "val")
+    loss, n = language_model_loss(model, val.window(0, len(val)).tolist(), 4, "cpu")
+    scored = json.loads((tmp_path / "c.json").read_text())
+    assert scored["tokens"] == n == len(val) - 1 and scored["loss"] == pytest.approx(loss)
