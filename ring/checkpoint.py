@@ -17,6 +17,7 @@ This module knows the files, not the model: model.py builds a model from what re
 returns (model.load_model).
 """
 
+import errno
 import json
 import os
 import shutil
@@ -216,7 +217,8 @@ def save_checkpoint(directory, model, info, train_state=None):
             try:
                 torch.save(train_state, tmp / TRAIN_STATE)
             except RuntimeError as e:  # torch reports a failed write (a full disk) this way
-                raise OSError(f"{str(e).splitlines()[-1].strip()}", str(tmp / TRAIN_STATE)) from None
+                raise OSError(errno.EIO, str(e).splitlines()[-1].strip(),
+                              str(tmp / TRAIN_STATE)) from None
         names = sorted(p.name for p in tmp.iterdir())
         (tmp / SUMS).write_text("".join(f"{sha256_of(tmp / n)}  {n}\n" for n in names))
 

@@ -379,3 +379,62 @@ def test_a_csv_cell_over_128_kib_is_read(tmp_path):
     (tmp_path / "long.csv").write_text(f'text,label\n"{long}",a\nshort,b\n')
     columns, rows = read_table(tmp_path / "long.csv")
     assert len(rows) == 2 and rows[0][1]["text"] == long
+
+
+def test_a_lock_that_is_a_link_is_not_followed(tmp_path):
+    (tmp_path / "out").mkdir()
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    os.symlink(victim, tmp_path / "out" / ".lock")  # a run directory received from someone else
+    train.main(tiny_run(tmp_path, max_iters=1))
+    assert victim.read_text() == "keep me"
+    assert not (tmp_path / "out" / ".lock").exists()  # the run's own lock, removed at its end
+
+
+@pytest.mark.parametrize("how", ["cut short", "edited", "replaced by a link"])
+def test_resume_refuses_a_metrics_log_changed_since_the_save(tmp_path, how):
+    train.main(tiny_run(tmp_path, max_iters=4))
+    log = tmp_path / "out" / "metrics.jsonl"
+    original = log.read_bytes()
+    if how == "cut short":
+        log.write_bytes(original[: len(original) // 2])
+    elif how == "edited":
+        log.write_bytes(original.replace(b'"iter": 1,', b'"iter": 7,', 1))
+    else:
+        (tmp_path / "elsewhere.jsonl").write_bytes(original)
+        log.unlink()
+        os.symlink(tmp_path / "elsewhere.jsonl", log)
+    with pytest.raises(UserError, match="metrics.jsonl is not the log that .* was saved with"):
+        train.main(tiny_run(tmp_path, max_iters=6, init_from="resume"))
+    assert (tmp_path / "elsewhere.jsonl").read_bytes() == original if how.endswith("link") else True
+
+
+def test_overwrite_removes_nothing_until_the_data_is_found(tmp_path):
+    train.main(tiny_run(tmp_path, max_iters=2))
+    before = sorted(p.name for p in (tmp_path / "out").iterdir())
+    with pytest.raises(UserError, match="neither a built-in name"):
+        train.main(tiny_run(tmp_path, max_iters=2, overwrite=True, dataset=tmp_path / "typo.txt"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before
+    load_model(tmp_path / "out" / "last")  # the old run is whole
+
+
+def test_a_run_that_fails_before_writing_leaves_no_empty_out_dir(tmp_path):
+    with pytest.raises(UserError, match="neither a built-in name"):
+        train.main(tiny_run(tmp_path, out="new/run", dataset=tmp_path / "typo.txt"))
+    assert not (tmp_path / "new" / "run").exists()
+
+
+def test_a_full_disk_in_torch_save_is_one_line_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    train.main(tiny_run(tmp_path, max_iters=2))
+    before = load_file(tmp_path / "out" / "last" / "model.safetensors")
+
+    def full(*args, **kwargs):  # what torch.save raises when the disk fills during its write
+        raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter "
+                           "failed writing file data/3: file write failed")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    with pytest.raises(UserError, match="could not write .*out/last: .*file write failed"):
+        train.main(tiny_run(tmp_path, init_from="resume", max_iters=4))
+    monkeypatch.undo()
+    after = load_file(tmp_path / "out" / "last" / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
