@@ -123,7 +123,7 @@ SPLIT_SEED = 1337  # which documents are held out does not change with a run's -
 
 
 def prepare_lm_data(dataset, tokenizer, data_dir, *, val_fraction=0.1, text_column="", workers=0,
-                    tokens_needed=0):
+                    tokens_needed=0, verify=True):
     """The train and val token shards of a dataset, prepared once and cached in data_dir; returns
     (directory, manifest). The manifest says what the shards hold: source, tokenizer, documents and
     tokens per split, each shard's token count and sha256, all checked before it is returned.
@@ -133,11 +133,12 @@ def prepare_lm_data(dataset, tokenizer, data_dir, *, val_fraction=0.1, text_colu
     fetched), a .txt file, a folder of .txt files (one document each), a .jsonl, .csv or .tsv
     (optionally .gz) with one document a row in text_column, or a folder of .bin shards. tokenizer:
     "char", "gpt2", or a checkpoint's tokenizer dict (a char model's own vocabulary: its text is
-    encoded with it). workers: tokenizer threads (0: one per core)."""
+    encoded with it). workers: tokenizer threads (0: one per core). verify: check every shard's
+    sha256 (one process of a run does it; the others check sizes)."""
     tok = tokenizer if isinstance(tokenizer, dict) else {"type": tokenizer}
     source = resolve_dataset(dataset, data_dir, tokens_needed)
     return corpus.prepare(source, tok, Path(data_dir), tokenizer_from_dict, val_fraction,
-                          text_column, workers or os.cpu_count() or 1, SPLIT_SEED)
+                          text_column, workers or os.cpu_count() or 1, SPLIT_SEED, verify=verify)
 
 
 def resolve_dataset(dataset, data_dir, tokens_needed=0):

@@ -25,13 +25,9 @@ becomes a GPT2ForSequenceClassification with its label names; a language model a
 Both load with transformers' from_pretrained, and GPT-2's tokenizer files (vocab.json, merges.txt)
 come along when the model uses that tokenizer.
 
-Downloads come from the hub's public file URLs (https://huggingface.co/<id>/resolve/main/<file>),
-with the standard library only: a progress bar, resume of an interrupted download (run the same
-command again) and a size and sha256 check when the hub's file list gives them. They are kept under
-checkpoints/.hf/<id>/ until the conversion has succeeded. Set MINIGPT2_HF_ENDPOINT (or HF_ENDPOINT)
-to use a mirror. Nothing is written to an output directory unless the whole conversion succeeded,
-and nothing this script did not write is ever replaced (--force replaces an earlier import or export
-only).
+Downloads (ring/download.py: resumable, checked against the hub's sha256, MINIGPT2_HF_ENDPOINT for
+a mirror) and the rules for output directories (nothing replaced that this script did not write)
+come after the conversion; docs/hub.md has the whole story.
 """
 
 import json
@@ -161,6 +157,10 @@ def ours_to_hf(state, config):
             tensor = tensor.t()  # nn.Linear [out, in] -> Conv1D [in, out]
         hf[name] = tensor.contiguous()
     return hf
+
+
+# --------------------------------------------------------------------------------------------------
+# config.json, both ways
 
 
 def config_from_hf(hf, path):

@@ -455,7 +455,8 @@ def run(cfg, epochs=None, adapt=None):
         steps_tokens = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
         data_dir, meta = main_process_first(rt, lambda: prepare_lm_data(
             cfg.dataset, data_tokenizer(cfg, start), cfg.data_dir, val_fraction=cfg.val_fraction,
-            text_column=cfg.text_column, tokens_needed=steps_tokens * cfg.max_iters))
+            text_column=cfg.text_column, tokens_needed=steps_tokens * cfg.max_iters,
+            verify=rt.is_main))
         print0(rt, f"data: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens "
                    f"from {meta['source']}")
         if epochs is not None:

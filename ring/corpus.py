@@ -71,39 +71,20 @@ def open_shard(path):
     return np.memmap(path, dtype=np.uint16, mode="r", offset=HEADER_BYTES, shape=(n_tokens,))
 
 
-def check_shards(directory, manifest, stamps=".verified.json"):
-    """Check every shard the manifest lists against its token count and sha256. A shard whose size
-    and modification time are those recorded at its last check is not hashed again (a corpus of
-    10B tokens is 20 GB); any change to a file changes them. Returns the shards' paths by split."""
+def check_shards(directory, manifest, hashed=True):
+    """Check every shard the manifest lists: there, with its header and size, holding its token
+    count, and (hashed) with its sha256 (about 15 s for FineWeb's 20 GB, once per run; a shard just
+    written was hashed as it was). Any difference is one line."""
     directory = Path(directory)
-    stamp_path = directory / stamps
-    try:
-        verified = json.loads(stamp_path.read_text()) if stamp_path.is_file() else {}
-    except (OSError, ValueError):
-        verified = {}
-    verified = verified if isinstance(verified, dict) else {}
-    paths, fresh = {"train": [], "val": []}, {}
     for shard in manifest["shards"]:
         path = Path(shard["path"]) if "path" in shard else directory / shard["name"]
         if not path.is_file():
             raise UserError(f"{path} is missing: the prepared data in {directory} is incomplete; "
                             "delete it and prepare it again")
-        stat = path.stat()
-        stamp = [stat.st_size, stat.st_mtime_ns, shard["sha256"]]
-        if verified.get(str(path)) != stamp:
-            tokens = open_shard(path)
-            if len(tokens) != shard["tokens"] or sha256_of(path) != shard["sha256"]:
-                raise UserError(f"{path} is damaged: its token count or sha256 is not the one in "
-                                f"{directory / MANIFEST}; delete it and prepare (or download) it "
-                                "again")
-        fresh[str(path)] = stamp
-        paths[shard["split"]].append(path)
-    if fresh != verified:
-        try:
-            write_atomically(stamp_path, json.dumps(fresh).encode())
-        except OSError:
-            pass  # a read-only corpus: it is checked again next time
-    return paths
+        if len(open_shard(path)) != shard["tokens"] or (hashed and
+                                                        sha256_of(path) != shard["sha256"]):
+            raise UserError(f"{path} is damaged: its token count or sha256 is not the one in "
+                            f"{directory / MANIFEST}; delete it and prepare (or download) it again")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -483,10 +464,11 @@ SHARD_TOKENS = 100_000_000  # as FineWeb's shards: 200 MB files
 
 
 def prepare(source, tokenizer, data_dir, make_tokenizer, val_fraction, text_column, workers, seed,
-            shard_tokens=SHARD_TOKENS):
+            shard_tokens=SHARD_TOKENS, verify=True):
     """data.prepare_lm_data's machinery: (directory, manifest) of the shards of source, prepared in
     data_dir/<name>-<tokenizer>-<key>/ unless an earlier preparation of the same files (by path,
-    size and modification time) and options is there, and checked either way.
+    size and modification time) and options is there, and checked either way (verify: its shards'
+    sha256 too; one process of a run does it).
 
     tokenizer: {"type": "gpt2"}, {"type": "char"} (vocabulary from the text: a first pass reads it)
     or {"type": "char", "chars": ...}; make_tokenizer(dict) builds it."""
@@ -501,15 +483,16 @@ def prepare(source, tokenizer, data_dir, make_tokenizer, val_fraction, text_colu
                 "fingerprint": hashlib.sha256(json.dumps(fingerprint).encode()).hexdigest()}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
     out = Path(data_dir) / f"{source.stem}-{tokenizer['type']}-{key}"
-    manifest = read_manifest(out)
+    manifest, fresh = read_manifest(out), False
     if manifest is None or manifest.get("identity") != identity:
+        fresh = True
         if files[0].suffix == ".bin":
             manifest = index_shards(out, files, tokenizer, identity)
         else:
             manifest = tokenize_corpus(out, source, files, tokenizer, make_tokenizer, identity,
                                        total, text_column, val_fraction, workers, seed,
                                        shard_tokens)
-    check_shards(out, manifest)
+    check_shards(out, manifest, hashed=verify and not fresh)
     return out, manifest
 
 

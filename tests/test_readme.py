@@ -1,15 +1,17 @@
-"""The README's reading path is true: every file and line range it gives is where it says."""
+"""The README's reading path is true: every file and line range it gives is where it says, the
+totals add up, and every name in "where each idea is taught" is defined in the file it names."""
 
+import ast
 import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
 ROW = re.compile(r"^\| (\d+) \| `([\w.]+)` \| (\d+)-(\d+)( \(all\))? \|", re.MULTILINE)
 
 
 def reading_path():
-    return [(f, int(a), int(b), bool(whole)) for _, f, a, b, whole in ROW.findall(
-        (ROOT / "README.md").read_text().replace("\u2013", "-"))]
+    return [(f, int(a), int(b), bool(whole)) for _, f, a, b, whole in ROW.findall(README)]
 
 
 def test_the_reading_path_names_real_line_ranges():
@@ -28,8 +30,39 @@ def test_the_reading_path_names_real_line_ranges():
         assert start == 1 or lines[start - 1].startswith("# ---") or before.startswith("# ---"), (file, start)
 
 
-def test_the_stated_totals_add_up():
-    text = (ROOT / "README.md").read_text()
+def test_the_stated_totals_add_up_and_keep_to_the_budget():
     rows = reading_path()
     total = sum(end - start + 1 for _, start, end, _ in rows)
-    assert f"{total:,} lines" in text, f"the README should state the total, {total:,} lines"
+    first = sum(end - start + 1 for _, start, end, _ in rows[:4])  # model, data, training, sampling
+    assert f"That is {total:,} lines in all" in README, f"the README should state the total, {total:,}"
+    assert f"steps 1-4 ({first:,} lines)" in README, f"the README should state the first reading, {first:,}"
+    assert total <= 1700 and first <= 1050
+
+
+def defined_names(path):
+    """Every function and class of a file, and every method as Class.method."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        if isinstance(node, ast.ClassDef):
+            names |= {f"{node.name}.{item.name}" for item in node.body
+                      if isinstance(item, ast.FunctionDef)}
+    return names
+
+
+def test_every_name_where_an_idea_is_taught_is_defined_there():
+    section = README.split("Where each idea is taught:")[1].split("\n## ")[0]
+    checked = 0
+    for line in section.splitlines():
+        cells = line.split(" | ")
+        if len(cells) < 2 or not cells[-1].startswith("`"):
+            continue
+        for part in cells[-1].rstrip(" |").split("; "):
+            file, _, names = part.partition(": ")
+            names = re.findall(r"`([\w.]+)`", names)
+            defined = defined_names(ROOT / file.strip("`"))
+            for name in names:
+                assert name in defined, f"{name} is not defined in {file}"
+                checked += 1
+    assert checked >= 30
