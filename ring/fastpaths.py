@@ -28,10 +28,12 @@ from ring.runtime import maybe_compile
 
 
 def swap_modules(model, kind, make):
-    """Replace every submodule of type `kind` by make(module), in place; returns model."""
+    """Replace every submodule of type `kind` (or for which kind(module) is true) by make(module),
+    in place; returns model."""
+    matches = kind if not isinstance(kind, type) else (lambda module: isinstance(module, kind))
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if isinstance(child, kind):
+            if matches(child):
                 setattr(module, name, make(child))
     return model
 
@@ -183,15 +185,35 @@ class RowDotLinear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
+class RowDotInt8Linear(nn.Module):
+    """RowDotLinear for int8 weight-only layers (quantize.Int8Linear: int8 rows, a scale each): the
+    compiled loop converts each int8 weight as it reads it, so a token reads 1 byte a weight instead
+    of the 4 of float32 (PyTorch's int8 kernel is for bf16 activations, and compute-bound). Several
+    rows go through the layer's own product."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        if x.shape[:-1].numel() != 1:
+            return self.layer(x)
+        q, scale, bias = self.layer.qweight, self.layer.scale, self.layer.bias
+        y = (q.to(x.dtype) * x.unsqueeze(-2)).sum(-1) * scale.to(x.dtype)  # (..., out)
+        return y if bias is None else y + bias
+
+
 def compile_for_decode(model, rt):
-    """model with RowDotLinear layers and a compiled forward, or model unchanged (one-line warning)
-    if compiling fails. Worth it for long float32 generations: compiling takes 10-40 s on a CPU."""
+    """model with RowDotLinear (and RowDotInt8Linear) layers and a compiled forward, or model
+    unchanged (one-line warning) if compiling fails. Worth it for long float32 generations:
+    compiling takes 10-40 s on a CPU."""
     import torch._inductor.config as inductor
 
     # Without this, inductor recomputes each LayerNorm inside the matrix-vector loop that reads it.
     inductor.realize_reads_threshold = 1
     swap_modules(model, nn.GELU, lambda gelu: CompilableGELU(gelu.approximate))
     swap_modules(model, nn.Linear, RowDotLinear)
+    swap_modules(model, lambda m: hasattr(m, "qweight") and hasattr(m, "scale"), RowDotInt8Linear)
 
     def trial(compiled):
         idx = torch.zeros(1, 2, dtype=torch.long, device=rt.device)
