@@ -99,18 +99,15 @@ def tokenizer_from_dict(d):
 # Documents into token shards
 
 # A corpus is a sequence of documents: web pages, books, reviews. GPT-2 was trained on documents
-# laid end to end with <|endoftext|> between them, so each document here is preceded by that token
-# (GPT-2's tokenizer has it; the character tokenizer has none): the model sees where a text starts,
-# and learns that what comes after <|endoftext|> owes nothing to what came before it.
+# laid end to end, each preceded by <|endoftext|> (the character tokenizer has no such token): the
+# model sees where a text starts, and learns that what follows owes nothing to what came before.
 #
 # The tokens go into shards, files of a fixed number of uint16 ids (every GPT-2 id is below 2^16)
-# behind a small header, the format of llm.c that the pre-tokenized FineWeb uses. A shard is written
+# behind a small header (llm.c's format, which the pre-tokenized FineWeb uses). A shard is written
 # once, checked by its sha256, and memory-mapped when training: the sampler below reads only the
-# windows it draws, so 10B tokens (20 GB) train as easily as 1M, whatever the RAM.
-#
-# Which documents are for validation: a seeded hash of each document's text decides (whole
-# documents, the same ones every time). A single .txt file is one document; as before, its first
-# 90% of characters are for training and the rest for validation.
+# windows it draws, so 10B tokens (20 GB) train as easily as 1M, whatever the RAM. Whole documents
+# are held out for validation, chosen by a seeded hash of their text; a single .txt file is one
+# document, whose first 90% of characters train and the rest validate.
 
 TEXT_DATASETS = {  # built-in texts: name -> (the copy shipped here, its sha256, where it comes from)
     "shakespeare": (
@@ -157,22 +154,6 @@ def resolve_dataset(dataset, data_dir, tokens_needed=0):
         raise UserError(f"dataset '{dataset}' is neither a built-in name ({names}) nor an existing "
                         "file or folder")
     return path
-
-
-def read_text(path, what=""):
-    """A UTF-8 text file's contents, or one line naming it (what: "prompt file", "--file", ...) and
-    why it cannot be read: missing, unreadable, or not UTF-8 (where it fails). Every text a user
-    gives a script is read here."""
-    named = f"{what} {path}" if what else str(path)
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{named} not found") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{named} is not UTF-8 text (byte {e.start}); convert it to UTF-8 "
-                        "first") from None
-    except OSError as e:
-        raise UserError(f"cannot read {named} ({e.strerror})") from None
 
 
 # --------------------------------------------------------------------------------------------------

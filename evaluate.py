@@ -31,11 +31,11 @@ import torch.nn.functional as F
 
 from model import load_model
 from ring.config import UserError, check_settings, parse_config, run_main, setting
-from data import TokenStream, load_tokens, prepare_lm_data, read_text, tokenizer_from_dict
+from data import TokenStream, load_tokens, prepare_lm_data, tokenizer_from_dict
 from metrics import (classify_texts, evaluate_classifier, format_report, hellaswag_scores, logged,
                      split_batches)
 from ring.download import fetch_hellaswag
-from ring.files import check_output_file, write_file
+from ring.files import check_output_file, read_text, write_file
 from ring.runtime import setup_runtime
 from sample import for_inference
 from ring.tables import (load_labelled_file, pick_columns, read_hellaswag, read_table, sample_of,

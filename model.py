@@ -1,22 +1,19 @@
 """
 GPT-2, written out in one file, top to bottom.
 
-The architecture is OpenAI's GPT-2 ("Language Models are Unsupervised Multitask Learners", 2019),
-which is the original GPT decoder with the LayerNorms moved to the input of each sub-block
-("pre-norm") and one extra LayerNorm after the last block. Every numeric detail matches the released
-model, so that OpenAI's weights (see hf_import.py) give the same logits here as in the reference
-implementations, OpenAI's https://github.com/openai/gpt-2/blob/master/src/model.py (TensorFlow) and
-Hugging Face's
+OpenAI's GPT-2 ("Language Models are Unsupervised Multitask Learners", 2019) is the original GPT
+decoder with the LayerNorms moved to the input of each sub-block ("pre-norm") and one more after the
+last block. Every numeric detail matches the released model, so OpenAI's weights (hf_import.py) give
+the same logits here as in https://github.com/openai/gpt-2/blob/master/src/model.py and
 https://github.com/huggingface/transformers/blob/main/src/transformers/models/gpt2/modeling_gpt2.py:
 
     token embedding + learned absolute position embedding
     n_layer x [ x + attn(ln_1(x)) ; x + mlp(ln_2(x)) ]     (LayerNorm eps 1e-5)
     ln_f, then a linear head that shares its weight with the token embedding
 
-Module names are GPT-2's own (transformer.wte, transformer.h.0.attn.c_attn, ...) so that importing
-the released weights is a name-for-name copy. Two models share this body: GPT predicts the next
-token (a language model), GPTClassifier reads one vector per text and predicts a class
-(finetune.py).
+Module names are GPT-2's own (transformer.wte, transformer.h.0.attn.c_attn, ...): importing the
+released weights is a name-for-name copy. GPT predicts the next token; GPTClassifier, on the same
+body, reads one vector per text and predicts a class (finetune.py).
 """
 
 import math

@@ -22,10 +22,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from data import read_text
 from ring.checkpoint import write_directory
 from ring.config import UserError, check_settings, parse_config, run_main, setting
-from ring.files import check_output_dir
+from ring.files import check_output_dir, read_text
 
 # Written into every PNG's metadata: what tells plot.py's own earlier output (which --force may
 # replace) from anything else.

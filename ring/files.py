@@ -1,6 +1,8 @@
 """
-What a command writes besides a training run: output files and directories, checked before any
-work is done, written atomically, never through a link.
+What a command reads and writes besides a training run: the text files a user gives it, output files
+and directories, checked before any work is done, written atomically, never through a link.
+
+    read_text(path, what)                           a user's UTF-8 file, or one line saying why not
 
     check_output_file(path, ours, force, inputs)   may the command write the file path?
     write_file(path, fill)                          a temporary file beside it, renamed into place
@@ -111,3 +113,23 @@ def write_file(path, fill, binary=False):
         if isinstance(e, OSError):
             raise UserError(f"cannot write {path}: {e.strerror or e}") from None
         raise
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading a user's text
+
+
+def read_text(path, what=""):
+    """A UTF-8 text file's contents, or one line naming it (what: "prompt file", "--file", ...) and
+    why it cannot be read: missing, unreadable, or not UTF-8 (where it fails). Every text a user
+    gives a script is read here."""
+    named = f"{what} {path}" if what else str(path)
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{named} not found") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{named} is not UTF-8 text (byte {e.start}); convert it to UTF-8 "
+                        "first") from None
+    except OSError as e:
+        raise UserError(f"cannot read {named} ({e.strerror})") from None
