@@ -67,13 +67,22 @@ def test_sampling_is_reproducible_with_a_seeded_generator():
 
 
 def test_generation_stops_at_the_stop_token():
+    # Two different prompts, sampled: with a stop token, each row is the free-running one up to its
+    # first stop token, then padded with it, and generation ends once every row has produced it.
+    # (The same seed gives the same draws: every step samples all rows, finished or not.)
     model = GPT(tiny_config()).eval()
-    prompt = torch.zeros(2, 1, dtype=torch.long)
-    first = generate(model, prompt, 1, temperature=0)[:, 1]
-    stop = int(first[0])
-    out = generate(model, prompt, 10, temperature=0, stop_token=stop)
-    row = out[0, 1:].tolist()
-    assert row[0] == stop and all(t == stop for t in row)  # finished rows are padded with the stop token
+    prompt = torch.tensor([[1, 2, 3], [20, 30, 5]])
+    seeded = lambda: torch.Generator().manual_seed(7)
+    free = generate(model, prompt, 30, temperature=1.0, generator=seeded())[:, 3:].tolist()
+    # a token that row 0 produces before row 1 does, and not as its first token
+    stop, i, j = next((t, i, free[1].index(t)) for i, t in enumerate(free[0])
+                      if i > 0 and t not in free[0][:i] and t in free[1][i + 1 :])
+    assert free[0][i + 1 :] != [stop] * (29 - i)  # left alone, row 0 goes on with other tokens
+    out = generate(model, prompt, 30, temperature=1.0, stop_token=stop, generator=seeded())
+    assert out.shape == (2, 3 + j + 1)  # row 1 finished last, at step j + 1
+    assert out[:, :3].tolist() == prompt.tolist()
+    assert out[0, 3:].tolist() == free[0][: i + 1] + [stop] * (j - i)  # padded after step i + 1
+    assert out[1, 3:].tolist() == free[1][: j + 1]
 
 
 def test_top_k_and_top_p_restrict_the_candidates():
