@@ -154,11 +154,48 @@ def test_explicit_attention_equals_pytorchs_kernel(T, S):
     torch.testing.assert_close(explicit_attention(q, k, v), expected, atol=1e-6, rtol=1e-5)
 
 
-def test_bf16_autocast_on_cpu_matches_float32_closely():
+def scaled_up_model():
+    """A tiny GPT with weights 25x GPT-2's init and random biases: logits of a few units and sharp
+    attention, so that an error in bf16's code paths stands out from bf16's rounding."""
+    torch.manual_seed(0)
     model = GPT(tiny_config()).eval()
-    idx = torch.randint(0, 37, (2, 16))
     with torch.no_grad():
-        full, _ = model(idx, targets=idx)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            half, _ = model(idx, targets=idx)
-    assert (half.float() - full).abs().max() < 0.05
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.mul_(25)
+            elif name.endswith("bias"):
+                p.normal_(std=0.5)
+    return model
+
+
+def test_bf16_autocast_on_cpu_matches_float32_closely():
+    from torch.nn.functional import scaled_dot_product_attention
+    from ring import fastpaths
+    from ring.runtime import setup_runtime
+
+    idx = torch.randint(0, 37, (2, 16))
+    bf16 = setup_runtime("cpu", "bfloat16")
+    with torch.no_grad():
+        full, _ = scaled_up_model()(idx, targets=idx)
+        tolerance = 0.03 * full.abs().max()  # bf16 keeps 8 bits: about 1% here
+        # what the tolerance must see: attention without the causal mask is off by far more
+        unmasked = scaled_up_model()
+        no_mask = lambda q, k, v, dropout_p=0.0: scaled_dot_product_attention(q, k, v)
+        fastpaths.swap_attention(unmasked, no_mask)
+        assert (unmasked(idx, targets=idx)[0] - full).abs().max() > 10 * tolerance
+        # autocast alone, and as train.py runs it on a CPU (the ring's bf16 attention swapped in)
+        for swaps in (False, True):
+            model = scaled_up_model()
+            if swaps:
+                fastpaths.prepare_for_training(model, bf16, compile=False)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                half, _ = model(idx, targets=idx)
+            assert (half.float() - full).abs().max() < tolerance
+        # generation as sample.py runs it: bf16 weights, the ring's swaps, a KV cache filled by a
+        # prompt, then several tokens, then one at a time
+        model = fastpaths.prepare_for_inference(scaled_up_model().to(torch.bfloat16), bf16, False)
+        cache = KVCache(model.config.n_layer)
+        chunks = [(0, 5), (5, 8), *((t, t + 1) for t in range(8, 16))]
+        steps = [model(idx[:, a:b], kv_cache=cache)[0][:, -1] for a, b in chunks]
+    expected = full[:, [4, 7, *range(8, 16)]]
+    assert (torch.stack(steps, dim=1).float() - expected).abs().max() < tolerance
