@@ -223,7 +223,8 @@ def test_an_empty_prompt_samples_from_end_of_text(tmp_path, capsys, monkeypatch)
                  "--device=cpu", "--num_samples=2", "--temperature=0"])
     [idx] = calls
     assert idx.tolist() == [[50256], [50256]]  # each sample starts from <|endoftext|> alone
-    out = original(load_model(tmp_path / "gpt2")[0].eval(), idx[:1], 5, temperature=0, stop_token=50256)
+    model = load_model(tmp_path / "gpt2")[0].eval()
+    out = original(model, idx[:1], 5, temperature=0, stop_token=50256)
     new = out[0, 1:].tolist()
     expected = GPT2Tokenizer().decode(new[: new.index(50256)] if 50256 in new else new)
     printed = capsys.readouterr().out.split("---------------\n")
