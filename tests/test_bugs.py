@@ -69,3 +69,66 @@ def test_dropout_is_off_in_eval_mode_and_on_in_training():
     embeddings_only = GPT(tiny_config(n_layer=0, dropout=0.5)).train()
     with torch.no_grad():
         assert not torch.equal(embeddings_only(idx, idx)[0], embeddings_only(idx, idx)[0])
+
+
+# --------------------------------------------------------------------------------------------------
+# train.py
+
+
+class FixedBatches:
+    """An objective whose steps are given micro-batches of (x, y): sizes need not be equal."""
+
+    def __init__(self, steps):
+        self.steps = iter(steps)
+
+    def next_step(self):
+        batches = next(self.steps)
+        return [((x, y), x.numel()) for x, y in batches], sum(x.numel() for x, _ in batches)
+
+    def loss(self, model, batch):
+        return model(*batch)[1]
+
+
+def test_a_step_follows_the_mean_loss_over_micro_batches_of_unequal_size():
+    # Micro-batches of 3 and 1 sequences: the step's loss and update are those of the mean over
+    # all 4 (weights 3/4 and 1/4, not 1/2 each, and not a sum), at the schedule's learning rate.
+    # Two steps: the second must not carry the first one's gradients.
+    import copy
+
+    import train
+    from ring.runtime import setup_runtime
+
+    cfg = train.TrainConfig(learning_rate=1.0, min_lr=0.0, warmup_iters=2, max_iters=10,
+                            grad_clip=0.0)
+    model = GPT(tiny_config())
+    reference = copy.deepcopy(model)
+    data = [torch.randint(0, 37, (4, 9)) for _ in range(2)]
+    steps = [[(d[:3, :-1], d[:3, 1:]), (d[3:, :-1], d[3:, 1:])] for d in data]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    training = train.Training(cfg, setup_runtime("cpu", "float32"), model, model, optimizer, None,
+                              FixedBatches(steps), None, train.TrainState(), set())
+    for it, d in enumerate(data):
+        training.state.iter_num = it
+        loss, _, lr = train.train_step(training)
+        assert lr == train.lr_at(it, 1.0, 0.0, 2, 10) == pytest.approx((it + 1) / 3)
+        _, expected = reference(d[:, :-1], d[:, 1:])  # the mean over the 4 sequences at once
+        expected.backward()
+        with torch.no_grad():
+            for p in reference.parameters():
+                p -= lr * p.grad
+                p.grad = None
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+        for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+            torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_a_pretrained_model_gets_the_runs_dropout_and_context():
+    import train
+
+    model = GPT(tiny_config(dropout=0.0))
+    cfg = train.TrainConfig(dropout=0.25, block_size=8)
+    train.fit_to_run(model, cfg, "somewhere")
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(dropouts) == 1 + 3 * 2 and all(m.p == 0.25 for m in dropouts)
+    assert model.config.dropout == 0.25 and model.config.block_size == 8
+    assert model.transformer.wpe.weight.shape[0] == 8
