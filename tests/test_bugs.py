@@ -132,3 +132,62 @@ def test_a_pretrained_model_gets_the_runs_dropout_and_context():
     assert len(dropouts) == 1 + 3 * 2 and all(m.p == 0.25 for m in dropouts)
     assert model.config.dropout == 0.25 and model.config.block_size == 8
     assert model.transformer.wpe.weight.shape[0] == 8
+
+
+# --------------------------------------------------------------------------------------------------
+# finetune.py
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_classification_step_weighs_each_micro_batch_by_its_rows(tmp_path, rank):
+    # 19 examples in batches of 4: one batch of 3 per epoch, shared by 2 processes (this is one of
+    # them). A micro-batch's items are this process's rows and the step's total is the rows of all
+    # processes, so that train_step weighs the micro-batches' mean losses into the mean over the
+    # step's examples; the tokens counted are the whole step's.
+    from dataclasses import replace
+
+    import finetune
+    from data import GPT2Tokenizer
+    from ring.runtime import setup_runtime
+    from ring.tables import load_classification_data
+    from test_finetune import separable_rows, write_csv
+
+    write_csv(tmp_path / "train.csv", separable_rows(25, seed=3))
+    data = load_classification_data(str(tmp_path / "train.csv"), GPT2Tokenizer(),
+                                    tmp_path / "data", val_fraction=0.15)
+    cfg = finetune.FinetuneConfig(batch_size=4, gradient_accumulation_steps=3, seed=0)
+    rt = replace(setup_runtime("cpu", "float32"), world_size=2, rank=rank)
+    objective = finetune.Classification(cfg, rt, data, 50256)
+    n = len(data.splits["train"])
+    assert n == 19 and objective.sampler.batches_per_epoch == 5
+    sampler = LengthBatches(objective.lengths, 4, seed=0, min_size=2)  # the same batches
+    tokens = 0
+    for _ in range(4):
+        step = [sampler.next_batch() for _ in range(3)]
+        batches, total = objective.next_step()
+        assert [items for _, items in batches] == [len(b[rank::2]) for b in step]
+        assert [len(y) for (_, _, y), _ in batches] == [len(b[rank::2]) for b in step]
+        assert total == sum(map(len, step))
+        tokens += sum(int(objective.lengths[b].sum()) for b in step)
+    assert objective.tokens == tokens
+
+
+def test_the_test_split_is_scored_with_best_and_the_baseline_is_the_majority(tmp_path, capsys):
+    # Accumulating 2 batches a step: an epoch is half as many steps as batches, and evaluations
+    # fall at the epochs' ends. Learning rate 0: nothing improves on the first evaluation, so best/
+    # is iter 0's, and it, not last/, is scored on the test split.
+    import finetune
+    from test_finetune import cls_args, metrics
+
+    finetune.main(cls_args(tmp_path, epochs=2, gradient_accumulation_steps=2, batch_size=8,
+                           max_train_samples=64, learning_rate=0.0))
+    out = capsys.readouterr().out
+    assert "training: 8 steps, 4.0 steps per epoch (2.00 epochs)" in out
+    rows = metrics(tmp_path / "out")
+    evals = [r for r in rows if "val_accuracy" in r]
+    assert [(r["iter"], r["epoch"]) for r in evals] == [(0, 0.0), (4, 1.0), (8, 2.0)]
+    train_line = next(line for line in out.splitlines() if line.startswith("train: 64 examples"))
+    counts = dict(part.split() for part in train_line.split("(")[1].split(")")[0].split(", "))
+    test = rows[-1]
+    assert test["majority_label"] == max(counts, key=lambda label: int(counts[label]))
+    assert test["checkpoint"] == "best" and test["iter"] == 0
