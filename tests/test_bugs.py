@@ -191,3 +191,25 @@ def test_the_test_split_is_scored_with_best_and_the_baseline_is_the_majority(tmp
     test = rows[-1]
     assert test["majority_label"] == max(counts, key=lambda label: int(counts[label]))
     assert test["checkpoint"] == "best" and test["iter"] == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# lora.py
+
+
+@pytest.mark.parametrize("rank, alpha", [(4, 8.0), (2, 16.0)])
+def test_lora_starts_as_the_base_layer_and_adds_alpha_over_r_times_b_a(rank, alpha):
+    from lora import LoRALinear
+
+    base = torch.nn.Linear(12, 20)
+    lora = LoRALinear(base, rank, alpha)
+    x = torch.randn(3, 5, 12)
+    assert torch.equal(lora.lora_B, torch.zeros(20, rank)) and lora.lora_A.abs().min() > 0
+    with torch.no_grad():
+        assert torch.equal(lora(x), base(x))  # B = 0: exactly the pretrained layer at first
+        lora.lora_B.normal_()
+        expected = base(x) + (alpha / rank) * (x @ lora.lora_A.t() @ lora.lora_B.t())
+        torch.testing.assert_close(lora(x), expected)
+        torch.testing.assert_close(lora.merged()(x), expected, atol=1e-5, rtol=1e-5)
+    trainable = {name for name, p in lora.named_parameters() if p.requires_grad}
+    assert trainable == {"lora_A", "lora_B"}  # the base layer is frozen
