@@ -213,3 +213,53 @@ def test_lora_starts_as_the_base_layer_and_adds_alpha_over_r_times_b_a(rank, alp
         torch.testing.assert_close(lora.merged()(x), expected, atol=1e-5, rtol=1e-5)
     trainable = {name for name, p in lora.named_parameters() if p.requires_grad}
     assert trainable == {"lora_A", "lora_B"}  # the base layer is frozen
+
+
+# --------------------------------------------------------------------------------------------------
+# metrics.py
+
+
+def test_evaluation_is_the_mean_over_examples_and_leaves_the_model_training():
+    from data import pad_batch
+    from metrics import evaluate_classifier
+    from model import GPTClassifier
+
+    model = GPTClassifier(tiny_config(n_classes=3))
+    with torch.no_grad():
+        model.score.weight.normal_(std=1.0)
+    texts = [torch.randint(0, 37, (n,)).tolist() for n in (5, 3, 9, 2, 7)]
+    labels = torch.tensor([0, 2, 1, 1, 0])
+    batches = [(*pad_batch(texts[:4], 0), labels[:4]), (*pad_batch(texts[4:], 0), labels[4:])]
+    model.train()
+    metrics = evaluate_classifier(model, batches, 3)
+    assert model.training  # finetune.py evaluates between steps: dropout must come back
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(torch.tensor([t]), torch.tensor([len(t)]))[0] for t in texts])
+    expected = torch.nn.functional.cross_entropy(logits, labels).item()  # over the 5, not 2 batches
+    assert metrics["loss"] == pytest.approx(expected, rel=1e-5)
+    accuracy = (logits.argmax(-1) == labels).double().mean().item()
+    assert metrics["accuracy"] == pytest.approx(accuracy)
+
+
+@pytest.mark.parametrize("truncation", ["head", "tail", "head_tail"])
+def test_classify_texts_cuts_long_texts_as_training_did(truncation):
+    from data import GPT2Tokenizer
+    from metrics import classify_texts
+    from model import GPTClassifier
+    from ring.tables import truncate
+
+    model = GPTClassifier(tiny_config(vocab_size=50257, n_classes=2)).eval()
+    with torch.no_grad():
+        model.score.weight.normal_(std=1.0)
+        model.transformer.wte.weight.mul_(20)
+    tokenizer = GPT2Tokenizer()
+    text = " ".join(f"word{i}" for i in range(40))  # longer than block_size (16 tokens)
+    ids = truncate(tokenizer.encode(text), 16, truncation)
+    [(label, probs)] = classify_texts(model, tokenizer, [text], ["a", "b"], "cpu",
+                                      truncation=truncation)
+    with torch.no_grad():
+        expected = torch.softmax(model(torch.tensor([ids]), torch.tensor([16]))[0], -1)[0]
+    assert probs == pytest.approx(expected.tolist(), abs=1e-6)
+    others = [t for t in ("head", "tail", "head_tail") if t != truncation]
+    assert all(truncate(tokenizer.encode(text), 16, t) != ids for t in others)
