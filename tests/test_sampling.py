@@ -145,3 +145,17 @@ def test_generate_samples_with_the_settings_it_is_given():
         frequencies = torch.bincount(out[:, 1], minlength=5) / n
         expected = next_token_probs(LOGITS, temperature, top_k, top_p)[0]
         torch.testing.assert_close(frequencies, expected, atol=0.015, rtol=0)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_past_block_size_the_model_sees_the_last_block_size_tokens(use_cache):
+    model = Counting(vocab_size=16, block_size=8)
+    out = generate(model, torch.tensor([[0, 1, 2]]), 10, temperature=0, use_cache=use_cache)
+    assert out[0].tolist() == list(range(13))
+    seen = [call[0].tolist() for call in model.calls]
+    if use_cache:  # the prompt, one new token at a time up to 8, then windows of 8 recomputed
+        expected = [[0, 1, 2], [3], [4], [5], [6], [7]]
+        expected += [list(range(t - 8, t)) for t in range(9, 13)]
+    else:  # the whole text, at most its last 8 tokens
+        expected = [list(range(max(t - 8, 0), t)) for t in range(3, 13)]
+    assert seen == expected
