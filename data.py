@@ -248,8 +248,8 @@ class LengthBatches:
 
     An epoch's batches are a pure function of (seed, epoch), so the state is just (epoch, position
     in it): a resumed run gets exactly the batches it would have got. min_size (the number of
-    processes) folds a pool's short last batch into the one before it, so that every process gets a
-    row."""
+    processes) folds a short last batch into the one before it, so that every process gets a row.
+    """
 
     POOL = 100  # batches per sorting pool
 
@@ -269,10 +269,11 @@ class LengthBatches:
         for start in range(0, len(order), pool_size):
             pool = order[start : start + pool_size]
             pool = pool[np.argsort(self.lengths[pool], kind="stable")]
-            cut = [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
-            if len(cut) > 1 and len(cut[-1]) < self.min_size:
-                cut[-2:] = [np.concatenate(cut[-2:])]
-            batches += cut
+            batches += [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+            # a short last batch (only the last pool has one) joins the batch before it, even
+            # when that one is the previous pool's: a pool of 1 example is a batch of 1
+            if len(batches) > 1 and len(batches[-1]) < self.min_size:
+                batches[-2:] = [np.concatenate(batches[-2:])]
         return [batches[i] for i in rng.permutation(len(batches))]
 
     @property

@@ -71,12 +71,20 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
 def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     """Pick the next token from logits (B, V). Returns (B, 1).
 
-    temperature 0: the most likely token (greedy). Otherwise the logits are divided by the
-    temperature (< 1 sharpens the distribution, > 1 flattens it), then optionally restricted to the
-    top_k most likely tokens and to the smallest set whose probability reaches top_p ("The Curious
-    Case of Neural Text Degeneration", Holtzman et al. 2020: nucleus sampling)."""
+    temperature 0: the most likely token (greedy). Otherwise a draw from next_token_probs."""
     if temperature == 0:
         return torch.argmax(logits, dim=-1, keepdim=True)
+    probs = next_token_probs(logits, temperature, top_k, top_p)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+def next_token_probs(logits, temperature=1.0, top_k=None, top_p=None):
+    """The distribution (B, V) that sample_next_token draws from, for temperature > 0.
+
+    The logits are divided by the temperature (< 1 sharpens the distribution, > 1 flattens it),
+    then optionally restricted to the top_k most likely tokens and to the smallest set whose
+    probability reaches top_p ("The Curious Case of Neural Text Degeneration", Holtzman et al.
+    2020: nucleus sampling)."""
     logits = logits.float() / temperature
     if top_k is not None and top_k > 0:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
@@ -90,8 +98,7 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator
         drop_sorted[:, 0] = False
         drop = drop_sorted.scatter(1, sorted_idx, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
+    return torch.softmax(logits, dim=-1)
 
 
 # The rules of the sampling settings, in one place: the command line (SampleSettings, below) and

@@ -13,7 +13,7 @@ import html
 import itertools
 import re
 import unicodedata
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -147,31 +147,40 @@ def _minhash(hashes: np.ndarray, offsets: np.ndarray, n_hash: int, seed: int) ->
 
 def _near_pairs(texts, masks, threshold, ngram, seed):
     """[(u, v, similarity)] for distinct texts u < v with Jaccard >= threshold that occur in
-    different splits (masks[u] is the bit set of the splits text u occurs in); #candidates."""
+    different splits (masks[u] is the bit set of the splits text u occurs in); #candidates.
+
+    A pair is a candidate in the first band where the two texts share a bucket, and is checked
+    there, once. So no set of candidate pairs is kept: memory is linear in the number of texts,
+    however large the buckets (a bucket of n texts still costs n (n - 1) / 2 checks)."""
     hashes, offsets = _shingle_hashes(texts, ngram)
     rows = _rows_for(threshold)
     signatures = _minhash(hashes, offsets, BANDS * rows, seed)
-    candidates = set()
-    for band in range(BANDS):  # texts with the same `rows` values in a band share a bucket
-        key = np.zeros(len(signatures), dtype=np.uint64)
+    keys = np.zeros((BANDS, len(signatures)), dtype=np.uint64)  # texts with the same `rows`
+    for band in range(BANDS):                                   # values in a band: one key
         for column in signatures[:, band * rows:(band + 1) * rows].T:
-            key = _mix(key + column)  # one 64-bit key per band; a rare clash is harmless
-        order = np.argsort(key, kind="stable")
-        ranked = key[order]
+            keys[band] = _mix(keys[band] + column)  # a rare clash is harmless
+    found, candidates = [], 0
+    for band in range(BANDS):
+        order = np.argsort(keys[band], kind="stable")
+        ranked = keys[band][order]
         starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1], True])
         shared = np.flatnonzero(np.diff(starts) > 1)  # buckets holding 2 or more texts
         for lo, hi in zip(starts[shared].tolist(), starts[shared + 1].tolist()):
-            candidates.update(itertools.combinations(sorted(order[lo:hi].tolist()), 2))
-    found = []
-    for u, v in sorted(candidates):
-        if masks[u] == masks[v] and masks[u] & (masks[u] - 1) == 0:
-            continue  # both texts occur in one and the same split only: not leakage
-        x, y = (np.unique(hashes[offsets[t]:offsets[t + 1]]) for t in (u, v))
-        shared = np.intersect1d(x, y, assume_unique=True).size
-        similarity = shared / (x.size + y.size - shared)  # exact, up to 64-bit hash clashes
-        if similarity >= threshold:  # MinHash only proposes; this check decides
-            found.append((u, v, similarity))
-    return found, len(candidates)
+            bucket = np.sort(order[lo:hi])
+            for n, u in enumerate(bucket[:-1].tolist()):
+                later = bucket[n + 1:]
+                # pairs that shared a bucket in an earlier band were candidates there
+                later = later[(keys[:band, later] != keys[:band, [u]]).all(axis=0)]
+                candidates += later.size
+                for v in later.tolist():
+                    if masks[u] == masks[v] and masks[u] & (masks[u] - 1) == 0:
+                        continue  # both texts occur in one and the same split only: not leakage
+                    x, y = (np.unique(hashes[offsets[t]:offsets[t + 1]]) for t in (u, v))
+                    common = np.intersect1d(x, y, assume_unique=True).size
+                    similarity = common / (x.size + y.size - common)  # exact, up to hash clashes
+                    if similarity >= threshold:  # MinHash only proposes; this check decides
+                        found.append((u, v, similarity))
+    return sorted(found), candidates
 
 
 # ---------------------------------------------------------------------------- the report
@@ -237,34 +246,83 @@ def find_leakage(splits: dict[str, list[str]], labels: dict[str, list] | None = 
     near, candidates = _near_pairs(texts, masks, threshold, ngram, seed) if texts else ([], 0)
     matches = [(u, u, 1.0, "exact") for u, w in enumerate(where) if len(w) > 1]
     matches += [m for u, v, s in near for m in ((u, v, s, "near"), (v, u, s, "near"))]
-    # 3. Turn matches of distinct texts into pairs of rows, for every two splits a, b.
+    # 3. Count the pairs of rows that the matches of distinct texts stand for, for every two
+    # splits a, b. A text that 1,000 rows of a and 1,000 of b share is a million pairs: they are
+    # counted by multiplying group sizes, never listed, so memory stays linear in the rows.
     report = LeakageReport({n: len(splits[n]) for n in names}, {}, within, empty,
                            train_split or names[0], set(), threshold, ngram,
                            labels is not None, candidates)
+    grouped = {}  # (u, split) -> _Rows, made when first needed
+
+    def rows_of(u, split):
+        if (u, split) not in grouped:
+            grouped[u, split] = _Rows(where[u][split], splits[split],
+                                      None if labels is None else labels[split], n_examples)
+        return grouped[u, split]
+
     for a, b in itertools.combinations(names, 2):
         dups = report.pairs[f"{a} & {b}"] = {"exact": Duplicates(), "near": Duplicates()}
-        found = [(kind, i, j, s) for u, v, s, kind in matches
-                 for i in where[u].get(a, ()) for j in where[v].get(b, ())]
-        for kind, i, j, _ in found:
-            dup = dups[kind]
-            dup.pairs += 1
-            dup.rows_b.add(j)
-            dup.byte_identical += splits[a][i] == splits[b][j]
+        first = {"exact": [], "near": []}  # the first n_examples pairs in the examples' order
+        for u, v, s, kind in matches:
+            if a not in where[u] or b not in where[v]:
+                continue
+            rows_a, rows_b, dup = rows_of(u, a), rows_of(v, b), dups[kind]
+            pairs = len(rows_a.indices) * len(rows_b.indices)
+            dup.pairs += pairs
+            dup.rows_b.update(rows_b.indices)
+            dup.byte_identical += sum(len(i) * len(rows_b.by_raw.get(raw, ()))
+                                      for raw, i in rows_a.by_raw.items())
             if labels is not None:
-                dup.same_label += labels[a][i] == labels[b][j]
-                dup.diff_label += labels[a][i] != labels[b][j]
-            if report.train_split in (a, b):
-                report.train_drop.add(i if a == report.train_split else j)
+                same = sum(count * rows_b.labels[label] for label, count in rows_a.labels.items())
+                dup.same_label += same
+                dup.diff_label += pairs - same
+            if report.train_split == a:
+                report.train_drop.update(rows_a.indices)
+            elif report.train_split == b:
+                report.train_drop.update(rows_b.indices)
+            found = _first_pairs(rows_a, rows_b, s, splits[a], splits[b], n_examples)
+            first[kind] = sorted(first[kind] + found)[:n_examples]
         dups["near"].rows_b -= dups["exact"].rows_b  # count each leaked row of b only once
-        # Most telling examples first: pairs that differ as raw text, lowest similarity (the
-        # borderline cases, to judge the threshold by eye), then the earliest rows of b.
         for kind, dup in dups.items():
-            ranked = sorted((splits[a][i] == splits[b][j], s, j, i)
-                            for k, i, j, s in found if k == kind)
             dup.examples = [Example(i, j, s, _snippet(splits[a][i]), _snippet(splits[b][j]),
                                     *((labels[a][i], labels[b][j]) if labels is not None else ()))
-                            for _, s, j, i in ranked[:n_examples]]
+                            for _, s, j, i in first[kind]]
     return report
+
+
+class _Rows:
+    """The rows of one split that hold one distinct text, grouped as counting their pairs needs:
+    by raw text (byte-identical pairs) and by label (same-label pairs)."""
+
+    def __init__(self, indices, raw, labels, n_examples):
+        self.indices = indices  # ascending
+        self.by_raw = {}        # raw text -> its rows, ascending; in the order first met
+        for i in indices:
+            self.by_raw.setdefault(raw[i], []).append(i)
+        self.labels = Counter(labels[i] for i in indices) if labels is not None else None
+        # The first n rows of each of the first n + 1 raw texts: the first n rows whose raw text
+        # is not some given one are among them (a row of a later raw text has at least n rows of
+        # other raw texts before it).
+        heads = itertools.islice(self.by_raw.values(), n_examples + 1)
+        self.head = sorted(i for rows in heads for i in rows[:n_examples])
+
+
+def _first_pairs(rows_a, rows_b, similarity, raw_a, raw_b, n):
+    """The first n row pairs (i of rows_a, j of rows_b) in the examples' order, as sort keys
+    (byte-identical, similarity, j, i): pairs that differ as raw text first, then by j and i.
+    It stops at the n-th row of b that makes a pair of differing raw texts: a few rows, unless
+    most of b is byte-identical to all of a."""
+    differ, same = [], []
+    for j in rows_b.indices:
+        if len(differ) >= n:
+            break  # n pairs that differ come before every byte-identical one: done
+        text = raw_b[j]
+        if len(rows_a.by_raw) > 1 or text not in rows_a.by_raw:  # some i differs from j
+            differ += [(False, similarity, j, i) for i in rows_a.head
+                       if raw_a[i] != text][:n - len(differ)]
+        if len(same) < n:
+            same += [(True, similarity, j, i) for i in rows_a.by_raw.get(text, [])[:n - len(same)]]
+    return differ + same
 
 
 def _snippet(text: str, width: int = 80) -> str:

@@ -9,28 +9,36 @@ import train
 from conftest import tiny_config
 from data import tokenizer_from_dict
 from evaluate import language_model_loss
-from model import GPT, load_model
+from model import GPT, GPTClassifier, load_model
 from quantize import Int8Linear, quantize_rows
+from ring.checkpoint import save_checkpoint
 from ring.runtime import setup_runtime
 from test_train import tiny_run
 
 
-def test_int8_rows_are_within_half_a_step_and_the_product_factors_the_scale():
+@pytest.mark.parametrize("shape", [(32, 24), (32, 32)])  # square: per-column scales would fit too
+def test_int8_rows_are_within_half_a_step_and_the_product_factors_the_scale(shape):
     torch.manual_seed(0)
-    linear = torch.nn.Linear(32, 24)
+    linear = torch.nn.Linear(*shape)
     linear.weight.data[3] *= 50  # one large row: per-row scales keep the others precise
+    linear.weight.data[:, 5] *= 20  # and one large column, which must not set any scale
     q, scale = quantize_rows(linear.weight)
     assert q.dtype == torch.int8 and q.abs().max() <= 127
+    torch.testing.assert_close(scale, linear.weight.abs().amax(dim=1) / 127, atol=0, rtol=1e-6)
+    assert (q.abs().amax(dim=1) == 127).all()  # every row's largest weight gets the largest level
     error = (linear.weight - scale[:, None] * q.float()).abs()
     assert (error <= scale[:, None] / 2 + 1e-7).all()
-    x = torch.randn(5, 7, 32)
+    x = torch.randn(5, 7, shape[0])
     dequantized = torch.nn.functional.linear(x, scale[:, None] * q.float(), linear.bias)
     torch.testing.assert_close(Int8Linear(linear)(x), dequantized, atol=1e-5, rtol=1e-5)
 
 
-def test_the_fused_int8_kernel_agrees_with_the_reference_form():
+@pytest.mark.parametrize("shape", [(64, 48), (64, 64)])
+def test_the_fused_int8_kernel_agrees_with_the_reference_form(shape):
     torch.manual_seed(0)
-    int8 = Int8Linear(torch.nn.Linear(64, 48)).to(torch.bfloat16)
+    linear = torch.nn.Linear(*shape)
+    linear.weight.data[3] *= 50
+    int8 = Int8Linear(linear).to(torch.bfloat16)
     x = torch.randn(3, 64, dtype=torch.bfloat16)
     assert int8.fused_kernel_applies(x)
     reference = (x.float() @ int8.qweight.float().t()) * int8.scale.float() + int8.bias.float()
@@ -60,7 +68,12 @@ def test_int8_perplexity_is_within_one_percent(trained, dtype):
 
 
 def test_packed_bf16_layers_compute_what_plain_ones_do():
-    model = GPT(tiny_config()).eval().to(torch.bfloat16)
+    model = GPT(tiny_config()).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(std=0.5)  # every bias is zero at init: a dropped one would not show
+    model.to(torch.bfloat16)
     idx = torch.randint(0, 37, (2, 9))
     with torch.no_grad():
         plain, _ = model(idx, targets=idx)
@@ -68,14 +81,46 @@ def test_packed_bf16_layers_compute_what_plain_ones_do():
             pytest.skip("this PyTorch has no oneDNN linear packing")
         assert any(isinstance(m, fastpaths.PackedLinear) for m in model.modules())
         packed, _ = model(idx, targets=idx)
+        one, _ = model(idx[:, :1])  # one row: the shape of a decode step
     torch.testing.assert_close(packed.float(), plain.float(), atol=0.02, rtol=0.01)
+    torch.testing.assert_close(one[:, -1].float(), plain[:, 0].float(), atol=0.02, rtol=0.01)
 
 
-def test_sample_and_classify_with_int8_weights(trained, capsys):
+def test_sample_with_int8_weights(trained, capsys):
     checkpoint, _ = trained
     sample.main(["--out_dir", str(checkpoint), "--quantize", "int8", "--start", "the ", "--max_new_tokens",
                  "20", "--temperature", "0", "--device", "cpu", "--dtype", "bfloat16"])
     assert capsys.readouterr().out.startswith("the ")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_classify_with_int8_weights(tmp_path, capsys, dtype):
+    # A tiny classifier with a head large enough that its probabilities are far from uniform: the
+    # int8 copy (every Linear, the head included) must give nearly the same ones.
+    model = GPTClassifier(tiny_config(vocab_size=50257, n_classes=3, block_size=32))
+    with torch.no_grad():
+        model.score.weight.normal_(std=0.3)
+        model.transformer.wte.weight.mul_(10)  # texts that differ more than the biases below
+        for name, p in model.named_parameters():
+            if name.endswith(".bias") and ".c_" in name:  # the Linear layers' biases
+                p.normal_(std=0.05)  # zero at init, where a dropped bias would not show
+    save_checkpoint(tmp_path / "cls", model, {"task": "cls", "labels": ["a", "b", "c"],
+                                              "tokenizer": {"type": "gpt2"}})
+    texts = ["a first text", "the second one, a little longer than the first", "3", "four four"]
+
+    def probabilities(*options):
+        sample.main(["--out_dir", str(tmp_path / "cls"), *[a for t in texts for a in ("--text", t)],
+                     "--device", "cpu", *options])
+        lines = capsys.readouterr().out.splitlines()
+        return [float(p) for line in lines for p in line.split("[")[1].split("]")[0].split()[1::2]]
+
+    plain = probabilities("--dtype", "float32")
+    int8 = probabilities("--dtype", dtype, "--quantize", "int8")
+    assert len(plain) == 3 * len(texts) and 0.6 < max(plain) < 0.99  # far from uniform, not 0/1
+    assert int8 == pytest.approx(plain, abs=0.015 if dtype == "bfloat16" else 0.01)
+    quantized, _, _ = sample.load(tmp_path / "cls", setup_runtime("cpu", dtype), "int8")
+    assert isinstance(quantized.score, Int8Linear) and not any(
+        isinstance(m, torch.nn.Linear) for m in quantized.modules())
 
 
 def test_a_decode_that_fails_to_compile_falls_back_to_eager(monkeypatch, capsys):

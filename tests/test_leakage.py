@@ -1,8 +1,11 @@
 """Tests for leakage.py: normalisation rules, exact and near duplicates, the report."""
+import itertools
 import random
+import tracemalloc
 
 import pytest
 
+from ring import leakage
 from ring.leakage import find_leakage, format_report, normalise, shingles
 
 # ---------------------------------------------------------------------------- normalise
@@ -162,3 +165,140 @@ def test_format_report_mentions_counts_and_examples(planted):
     assert "drop 3 train rows" in text
     no_labels = format_report(find_leakage(splits))
     assert "labels" not in no_labels
+
+
+# ---------------------------------------------------------------------------- many duplicates
+def brute_force(splits, labels, threshold=0.8, n_examples=5, train_split=None):
+    """find_leakage's pair counts by looking at every pair of rows: the definition, slowly."""
+    names = list(splits)
+    train_split = train_split or names[0]
+    norm = {n: [normalise(t) for t in texts] for n, texts in splits.items()}
+    sets = {n: [shingles(t) for t in texts] for n, texts in splits.items()}
+    out, drop = {}, set()
+    for a, b in itertools.combinations(names, 2):
+        counts = {k: dict(pairs=0, rows_b=set(), byte_identical=0, same_label=0, diff_label=0,
+                          examples=[]) for k in ("exact", "near")}
+        for i, j in itertools.product(range(len(splits[a])), range(len(splits[b]))):
+            if not norm[a][i] or not norm[b][j]:
+                continue
+            if norm[a][i] == norm[b][j]:
+                kind, s = "exact", 1.0
+            else:
+                kind, s = "near", jaccard(sets[a][i], sets[b][j])
+                if s < threshold:
+                    continue
+            c, raw_equal = counts[kind], splits[a][i] == splits[b][j]
+            c["pairs"] += 1
+            c["rows_b"].add(j)
+            c["byte_identical"] += raw_equal
+            c["same_label"] += labels[a][i] == labels[b][j]
+            c["diff_label"] += labels[a][i] != labels[b][j]
+            c["examples"].append((raw_equal, s, j, i))
+            drop |= {i} if a == train_split else {j} if b == train_split else set()
+        counts["near"]["rows_b"] -= counts["exact"]["rows_b"]
+        for c in counts.values():
+            c["examples"] = [(i, j, s) for _, s, j, i in sorted(c["examples"])[:n_examples]]
+        out[f"{a} & {b}"] = counts
+    return out, drop
+
+
+def as_counts(report):
+    return {key: {kind: dict(pairs=d.pairs, rows_b=d.rows_b, byte_identical=d.byte_identical,
+                             same_label=d.same_label, diff_label=d.diff_label,
+                             examples=[(e.index_a, e.index_b, e.similarity) for e in d.examples])
+                  for kind, d in dups.items()}
+            for key, dups in report.pairs.items()}
+
+
+def candidate_pairs(texts, threshold=0.8, ngram=2, seed=0):
+    """The candidate pairs of distinct texts as a set: how _near_pairs found them before it
+    stopped keeping one (a pair is a candidate if it shares a bucket in any band)."""
+    hashes, offsets = leakage._shingle_hashes(texts, ngram)
+    rows = leakage._rows_for(threshold)
+    signatures = leakage._minhash(hashes, offsets, leakage.BANDS * rows, seed)
+    pairs = set()
+    for band in range(leakage.BANDS):
+        buckets = {}
+        for u, values in enumerate(signatures[:, band * rows:(band + 1) * rows].tolist()):
+            buckets.setdefault(tuple(values), []).append(u)
+        pairs |= {p for members in buckets.values() for p in itertools.combinations(members, 2)}
+    return pairs
+
+
+@pytest.fixture
+def repeated():
+    """Three splits drawn with repeats from a small pool: exact copies (some byte-identical, some
+    with another case, link or full stop), near copies (one word of 40 changed, all at the same
+    place, so they are near each other too), unique texts and empty ones."""
+    rng = random.Random(5)
+    bases = [random_text(rng) for _ in range(6)]
+    pool = []
+    for base in bases:
+        pool += [base, base, base.upper(), base + " https://t.co/x", base + "."]
+        words = base.split()
+        pool += [" ".join(words[:20] + [f"near{k}"] + words[21:]) for k in range(3)]
+    splits, labels = {}, {}
+    for name, n in (("train", 90), ("val", 40), ("test", 60)):
+        splits[name] = [rng.choice(pool) if rng.random() < 0.8 else random_text(rng)
+                        for _ in range(n)] + ["https://t.co/only-a-link"]
+        labels[name] = [rng.choice("abc") for _ in splits[name]]
+    return splits, labels
+
+
+@pytest.mark.parametrize("n_examples", [0, 1, 3, 5, 1000])
+def test_counts_and_examples_equal_a_pair_by_pair_count(repeated, n_examples):
+    splits, labels = repeated
+    report = find_leakage(splits, labels, n_examples=n_examples)
+    expected, drop = brute_force(splits, labels, n_examples=n_examples)
+    assert as_counts(report) == expected
+    assert report.train_drop == drop
+    train_test = expected["train & test"]
+    assert train_test["exact"]["pairs"] > 100 and train_test["near"]["pairs"] > 50  # it has both
+    assert 0 < train_test["exact"]["byte_identical"] < train_test["exact"]["pairs"]
+    if n_examples == 5:
+        texts = [t for t in dict.fromkeys(normalise(t) for ts in splits.values() for t in ts) if t]
+        assert report.candidates == len(candidate_pairs(texts))
+
+
+def test_a_text_repeated_thousands_of_times_is_counted_not_listed():
+    # 20,000 rows of 40 texts, each 300 times in train, 150 in test and 50 in val, in three raw
+    # forms: 2.7M pairs of rows, counted from the group sizes, never listed.
+    rng = random.Random(7)
+    texts = [random_text(rng, n=12) for _ in range(40)]
+    forms = ["{}", "{}!", "{} https://t.co/x"]
+    splits, labels, counts = {}, {}, {"train": 300, "val": 50, "test": 150}
+    for name, n in counts.items():
+        rows = [(u, k % 3) for u in range(40) for k in range(n)]
+        rng.shuffle(rows)
+        splits[name] = [forms[f].format(texts[u]) for u, f in rows]
+        labels[name] = [f for _, f in rows]  # the label is the raw form: same label, same bytes
+    tracemalloc.start()
+    try:
+        report = find_leakage(splits, labels)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 2**20  # bytes: 3 MB; listing the pairs took over 400 MB
+    for a, b in itertools.combinations(counts, 2):
+        exact = report.pairs[f"{a} & {b}"]["exact"]
+        assert exact.pairs == 40 * counts[a] * counts[b]
+        assert exact.byte_identical == exact.same_label == 40 * counts[a] * counts[b] // 3
+        assert exact.diff_label == exact.pairs - exact.same_label
+        assert exact.rows_b == set(range(len(splits[b])))
+        assert [splits[a][e.index_a] != splits[b][e.index_b] for e in exact.examples] == [True] * 5
+        assert [e.index_b for e in exact.examples] == sorted(e.index_b for e in exact.examples)
+    assert report.train_drop == set(range(12_000))
+    assert report.within_exact == {name: 40 * (n - 1) for name, n in counts.items()}
+
+
+@pytest.mark.parametrize("n_examples", [1, 2, 3])
+def test_the_first_examples_are_pairs_that_differ_as_raw_text(n_examples):
+    # The first test row is byte-identical to the first train row: its first example pair is the
+    # train row after it, in another raw form. Then come later test rows; identical pairs last.
+    forms = ["Hello world", "hello world!", "HELLO WORLD", "Hello, world", "hello world"]
+    splits = {"train": forms[:4] + forms[:1], "test": [forms[0], forms[4], forms[0]]}
+    labels = {name: ["x"] * len(rows) for name, rows in splits.items()}
+    report = find_leakage(splits, labels, n_examples=n_examples)
+    expected, _ = brute_force(splits, labels, n_examples=n_examples)
+    assert as_counts(report) == expected
+    assert expected["train & test"]["exact"]["examples"][0] == (1, 0, 1.0)

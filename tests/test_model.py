@@ -67,13 +67,22 @@ def test_sampling_is_reproducible_with_a_seeded_generator():
 
 
 def test_generation_stops_at_the_stop_token():
+    # Two different prompts, sampled: with a stop token, each row is the free-running one up to its
+    # first stop token, then padded with it, and generation ends once every row has produced it.
+    # (The same seed gives the same draws: every step samples all rows, finished or not.)
     model = GPT(tiny_config()).eval()
-    prompt = torch.zeros(2, 1, dtype=torch.long)
-    first = generate(model, prompt, 1, temperature=0)[:, 1]
-    stop = int(first[0])
-    out = generate(model, prompt, 10, temperature=0, stop_token=stop)
-    row = out[0, 1:].tolist()
-    assert row[0] == stop and all(t == stop for t in row)  # finished rows are padded with the stop token
+    prompt = torch.tensor([[1, 2, 3], [20, 30, 5]])
+    seeded = lambda: torch.Generator().manual_seed(7)
+    free = generate(model, prompt, 30, temperature=1.0, generator=seeded())[:, 3:].tolist()
+    # a token that row 0 produces before row 1 does, and not as its first token
+    stop, i, j = next((t, i, free[1].index(t)) for i, t in enumerate(free[0])
+                      if i > 0 and t not in free[0][:i] and t in free[1][i + 1 :])
+    assert free[0][i + 1 :] != [stop] * (29 - i)  # left alone, row 0 goes on with other tokens
+    out = generate(model, prompt, 30, temperature=1.0, stop_token=stop, generator=seeded())
+    assert out.shape == (2, 3 + j + 1)  # row 1 finished last, at step j + 1
+    assert out[:, :3].tolist() == prompt.tolist()
+    assert out[0, 3:].tolist() == free[0][: i + 1] + [stop] * (j - i)  # padded after step i + 1
+    assert out[1, 3:].tolist() == free[1][: j + 1]
 
 
 def test_top_k_and_top_p_restrict_the_candidates():
@@ -145,11 +154,48 @@ def test_explicit_attention_equals_pytorchs_kernel(T, S):
     torch.testing.assert_close(explicit_attention(q, k, v), expected, atol=1e-6, rtol=1e-5)
 
 
-def test_bf16_autocast_on_cpu_matches_float32_closely():
+def scaled_up_model():
+    """A tiny GPT with weights 25x GPT-2's init and random biases: logits of a few units and sharp
+    attention, so that an error in bf16's code paths stands out from bf16's rounding."""
+    torch.manual_seed(0)
     model = GPT(tiny_config()).eval()
-    idx = torch.randint(0, 37, (2, 16))
     with torch.no_grad():
-        full, _ = model(idx, targets=idx)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            half, _ = model(idx, targets=idx)
-    assert (half.float() - full).abs().max() < 0.05
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.mul_(25)
+            elif name.endswith("bias"):
+                p.normal_(std=0.5)
+    return model
+
+
+def test_bf16_autocast_on_cpu_matches_float32_closely():
+    from torch.nn.functional import scaled_dot_product_attention
+    from ring import fastpaths
+    from ring.runtime import setup_runtime
+
+    idx = torch.randint(0, 37, (2, 16))
+    bf16 = setup_runtime("cpu", "bfloat16")
+    with torch.no_grad():
+        full, _ = scaled_up_model()(idx, targets=idx)
+        tolerance = 0.03 * full.abs().max()  # bf16 keeps 8 bits: about 1% here
+        # what the tolerance must see: attention without the causal mask is off by far more
+        unmasked = scaled_up_model()
+        no_mask = lambda q, k, v, dropout_p=0.0: scaled_dot_product_attention(q, k, v)
+        fastpaths.swap_attention(unmasked, no_mask)
+        assert (unmasked(idx, targets=idx)[0] - full).abs().max() > 10 * tolerance
+        # autocast alone, and as train.py runs it on a CPU (the ring's bf16 attention swapped in)
+        for swaps in (False, True):
+            model = scaled_up_model()
+            if swaps:
+                fastpaths.prepare_for_training(model, bf16, compile=False)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                half, _ = model(idx, targets=idx)
+            assert (half.float() - full).abs().max() < tolerance
+        # generation as sample.py runs it: bf16 weights, the ring's swaps, a KV cache filled by a
+        # prompt, then several tokens, then one at a time
+        model = fastpaths.prepare_for_inference(scaled_up_model().to(torch.bfloat16), bf16, False)
+        cache = KVCache(model.config.n_layer)
+        chunks = [(0, 5), (5, 8), *((t, t + 1) for t in range(8, 16))]
+        steps = [model(idx[:, a:b], kv_cache=cache)[0][:, -1] for a, b in chunks]
+    expected = full[:, [4, 7, *range(8, 16)]]
+    assert (torch.stack(steps, dim=1).float() - expected).abs().max() < tolerance

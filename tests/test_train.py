@@ -1,6 +1,7 @@
 """The training loop: exact resume, atomic checkpoints, Ctrl-C, DDP, the device/dtype resolver."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -140,10 +141,16 @@ def test_compiled_model_saves_plain_keys(tmp_path):
 
 def test_lr_schedule():
     lr = lambda s: lr_at(s, learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110)
-    assert lr(0) < lr(5) < lr(9) < 1.0  # warming up
-    assert lr(10) == pytest.approx(1.0)
+    # warmup: step s gets (s + 1) / (warmup_iters + 1) of the peak, so step 0 already moves
+    assert lr(0) == pytest.approx(1 / 11) and lr(9) == pytest.approx(10 / 11)
+    assert all(lr(s) < lr(s + 1) for s in range(10))
+    assert lr(10) == pytest.approx(1.0)  # the cosine starts at the peak
+    assert lr(11) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi / 100)))
     assert lr(60) == pytest.approx(0.55)  # halfway down the cosine
-    assert lr(110) == pytest.approx(0.1) and lr(1000) == 0.1
+    assert lr(109) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 99 / 100)))
+    assert all(lr(s) > lr(s + 1) for s in range(10, 110))
+    assert lr(110) == pytest.approx(0.1) and lr(111) == 0.1 and lr(1000) == 0.1
+    assert lr_at(0, 1.0, 0.1, warmup_iters=0, lr_decay_iters=100) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize(

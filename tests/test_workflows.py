@@ -210,10 +210,25 @@ def test_lora_and_freezing_for_generative_fine_tuning(tmp_path, capsys):
     assert "trains: ln_f and the last 1 of 2 blocks" in capsys.readouterr().out
 
 
-def test_an_empty_prompt_samples_from_end_of_text(tmp_path, capsys):
+def test_an_empty_prompt_samples_from_end_of_text(tmp_path, capsys, monkeypatch):
     save_checkpoint(tmp_path / "gpt2", GPT(tiny_config(vocab_size=50257)), {"task": "lm", "tokenizer": {"type": "gpt2"}})
-    sample.main(["--out_dir", str(tmp_path / "gpt2"), "--start", "", "--max_new_tokens", "5", "--device=cpu"])
-    assert capsys.readouterr().out.strip()
+    calls, original = [], sample.generate
+
+    def generate(model, idx, *args, **kwargs):
+        calls.append(idx)
+        return original(model, idx, *args, **kwargs)
+
+    monkeypatch.setattr(sample, "generate", generate)
+    sample.main(["--out_dir", str(tmp_path / "gpt2"), "--start", "", "--max_new_tokens", "5",
+                 "--device=cpu", "--num_samples=2", "--temperature=0"])
+    [idx] = calls
+    assert idx.tolist() == [[50256], [50256]]  # each sample starts from <|endoftext|> alone
+    model = load_model(tmp_path / "gpt2")[0].eval()
+    out = original(model, idx[:1], 5, temperature=0, stop_token=50256)
+    new = out[0, 1:].tolist()
+    expected = GPT2Tokenizer().decode(new[: new.index(50256)] if 50256 in new else new)
+    printed = capsys.readouterr().out.split("---------------\n")
+    assert printed[0] == printed[1] == expected + "\n"  # the sample, with no prompt before it
     save_checkpoint(tmp_path / "char", GPT(tiny_config()), {"task": "lm", "tokenizer": {
         "type": "char", "chars": "abcdefghijklmnopqrstuvwxyz0123456789 "}})
     with pytest.raises(UserError, match="give --start at least one character"):
