@@ -1,23 +1,17 @@
 """
-Fine-tune GPT-2: text classification (sentiment, fake news, ...) or more language modelling on a
-text.
+Fine-tune GPT-2: text classification (sentiment, fake news, ...) or more language modelling.
 
     python finetune.py --task cls --dataset tweet_sentiment --init_from gpt2
     python finetune.py configs/finetune_tweets.py               (the same run, from a config file)
     python finetune.py --dataset reviews.csv.gz --test_dataset test.csv.gz --text_column title,text
     python finetune.py --task gen --dataset book.txt --init_from gpt2 --lora_rank 8
-    python sample.py --out_dir out/cls-tweets --text "This is a great product!"
 
 Classification (--task cls) trains a GPTClassifier (model.py: GPT-2 with a linear head read at each
 text's last token) with train.py's loop, handing it the Classification objective below: labelled
-texts in batches of similar length, evaluated by accuracy, macro-F1 and the confusion matrix. The
-run's set-up, the starting point, the schedule, clipping, accumulation, checkpoints, exact resume
-and DDP are train.py's. At the end the best checkpoint is evaluated once on the test split.
-
-Generative fine-tuning (--task gen) is train.py's run started from a pretrained model.
-
-Both can train less than the whole model (lora.py): the last blocks only (--freeze) or LoRA
-(--lora_rank), merged into plain weights whenever a checkpoint is saved.
+texts in batches of similar length, scored by accuracy, macro-F1 and the confusion matrix; at the
+end the best checkpoint is tested once. Generative fine-tuning (--task gen) is train.py's run from a
+pretrained model. The set-up, the schedule, checkpoints, exact resume and DDP are train.py's. Both
+may train less than the whole model (lora.py): the last blocks (--freeze) or LoRA (--lora_rank).
 """
 
 import math

@@ -7,9 +7,6 @@ OpenAI's GPT-2 weights, from the Hugging Face format into a minigpt2 checkpoint,
     python hf_import.py path/to/pytorch_model.bin    #   (or a weight file, config.json beside it)
     python hf_import.py --export out/book --out_dir hf_model   # ours -> the Hugging Face layout
 
-Then:  python sample.py --out_dir checkpoints/gpt2 --start "The old house"
-       python train.py --init_from=gpt2 --tokenizer=gpt2 ...  (imports gpt2 on first use, as here)
-
 The conversion (first in this file, hf_to_ours) is nearly a copy, because model.py uses GPT-2's own
 names:
   - Hugging Face's GPT-2 keeps OpenAI's original "Conv1D" layers, which store their weight as

@@ -8,8 +8,8 @@ two thin matrices, leaving W frozen. For GPT-2's c_fc (768 -> 3072) at rank 8 th
 trained, B A is added into W ("merged"): the result is an ordinary model, so checkpoints hold plain
 weights and load, sample and export like any other, with no LoRA code needed to use them.
 
-finetune.py uses this for classification and for generative fine-tuning alike; train.py merges
-before every save and keeps the unmerged weights in train_state.pt, so a LoRA run resumes exactly.
+finetune.py uses it for classification and generation alike; each save merges, and the unmerged
+weights go to train_state.pt, so a LoRA run resumes exactly.
 """
 
 import copy

@@ -1,10 +1,9 @@
 """
 Weight-only int8 quantization for generation, from first principles.
 
-Generating a token reads every weight once, so its speed is set by how many bytes the weights take
-(README, "Sampling speed"): 4 a weight in float32, 2 in bfloat16, 1 in int8. Weight-only
-quantization stores each weight matrix as int8 plus one floating-point scale per output row (output
-channel), and keeps the activations in floating point.
+Generating a token reads every weight once, so its speed is set by how many bytes the weights take:
+4 a weight in float32, 2 in bfloat16, 1 in int8. Weight-only quantization stores each weight matrix
+as int8 plus one floating-point scale per output row, and keeps the activations in floating point.
 
 For the row w of one output channel, the scale s = max|w| / 127 maps its largest weight to 127:
 
@@ -16,8 +15,8 @@ leave the small rows only a few of the 255 levels.
 
 The scale of a row multiplies every term of its output, y_j = sum_i x_i w_ji ~ s_j sum_i x_i q_ji,
 so the product can run on the int8 weights and be scaled afterwards: y = (x @ q^T) * s. PyTorch's
-CPU kernel _weight_int8pack_mm does that without ever writing a float copy of the weights; elsewhere
-the reference form below converts q on the fly, which is correct but slower than no quantization.
+CPU kernel _weight_int8pack_mm does that for bf16 activations; the reference form below converts q
+on the fly (a compiled decode reads it at memory speed: ring/fastpaths.RowDotInt8Linear).
 """
 
 import torch

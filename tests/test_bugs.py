@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from data import CharTokenizer, LengthBatches, LMBatches, load_tokens, prepare_lm_data
+from data import CharTokenizer, LengthBatches, LMBatches, TokenStream, load_tokens, prepare_lm_data
 from model import GPT
 
 # --------------------------------------------------------------------------------------------------
@@ -34,7 +34,7 @@ def test_length_batches_are_shuffled_and_differ_from_epoch_to_epoch():
 
 
 def test_language_model_windows_reach_the_last_token():
-    tokens = np.arange(10, dtype=np.uint16)
+    tokens = TokenStream([np.arange(10, dtype=np.uint16)])
     sampler = LMBatches(tokens, block_size=8, batch_size=50, seed=0)
     offsets = sampler.offsets(1)[0]
     assert set(offsets.tolist()) == {0, 1}  # 10 tokens: windows of 9 start at 0 or 1
@@ -47,8 +47,9 @@ def test_the_validation_split_is_the_tail_of_the_text(tmp_path):
     (tmp_path / "t.txt").write_text(text)
     out, meta = prepare_lm_data(str(tmp_path / "t.txt"), "char", tmp_path / "data")
     tokenizer = CharTokenizer(meta["tokenizer"]["chars"])
-    assert tokenizer.decode(load_tokens(out, "train").tolist()) == text[:270]
-    assert tokenizer.decode(load_tokens(out, "val").tolist()) == text[270:]
+    for split, part in (("train", text[:270]), ("val", text[270:])):
+        stream = load_tokens(out, meta, split)
+        assert tokenizer.decode(stream.window(0, len(stream)).tolist()) == part
 
 
 # --------------------------------------------------------------------------------------------------
