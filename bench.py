@@ -35,15 +35,15 @@ from pathlib import Path
 
 import torch
 
-from ring.config import UserError, check_settings, did_you_mean, parse_config, run_main, setting
 from data import prepare_lm_data, tokenizer_from_dict
 from evaluate import language_model_loss
 from model import GPT, GPTConfig, load_model
-from ring.rundir import RunDirectory
-from ring.runtime import setup_runtime
-from ring.files import read_text
 from sample import for_inference, generate
 from train import LanguageModelling, TrainConfig, build_model, train_loop
+from ring.config import UserError, check_settings, did_you_mean, parse_config, run_main, setting
+from ring.files import read_text
+from ring.rundir import RunDirectory
+from ring.runtime import setup_runtime
 
 
 def median_range(values, fmt="{:.1f}"):

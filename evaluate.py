@@ -29,15 +29,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model import load_model
-from ring.config import UserError, check_settings, parse_config, run_main, setting
 from data import TokenStream, load_tokens, prepare_lm_data, tokenizer_from_dict
 from metrics import (classify_texts, evaluate_classifier, format_report, hellaswag_scores, logged,
                      split_batches)
+from model import load_model
+from sample import for_inference
+from ring.config import UserError, check_settings, parse_config, run_main, setting
 from ring.download import fetch_hellaswag
 from ring.files import check_output_file, read_text, write_file
 from ring.runtime import setup_runtime
-from sample import for_inference
 from ring.tables import (load_labelled_file, pick_columns, read_hellaswag, read_table, sample_of,
                          spreadsheet_safe, table_texts)
 

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ring.config import UserError
 from data import pad_batch
+from ring.config import UserError
 from ring.tables import classifier_text, truncate
 
 

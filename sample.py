@@ -17,14 +17,14 @@ from dataclasses import dataclass
 
 import torch
 
-from ring.config import UserError, check_settings, check_value, parse_config, run_main, setting
 from data import tokenizer_from_dict
 from metrics import classify_texts
 from model import KVCache, load_model
 from quantize import quantize_int8
+from ring.config import UserError, check_settings, check_value, parse_config, run_main, setting
 from ring.fastpaths import prepare_for_inference
-from ring.runtime import setup_runtime
 from ring.files import read_text
+from ring.runtime import setup_runtime
 
 # --------------------------------------------------------------------------------------------------
 # Generation

@@ -30,10 +30,10 @@ from ring.config import UserError, check_settings, parse_config, run_main, setti
 from ring.download import fetch_hellaswag
 from ring.fastpaths import prepare_for_training
 from ring.rundir import Progress, RunDirectory, last_evaluation, report_end
-from ring.tables import read_hellaswag
 from ring.runtime import (StopRequest, any_rank, main_process_first, maybe_compile, mean_over_ranks,
                           peak_flops, print0, rng_state, session, set_rng_state,
                           world_size_from_env)
+from ring.tables import read_hellaswag
 
 # --------------------------------------------------------------------------------------------------
 # The learning-rate schedule

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config
 from data import CharTokenizer, LengthBatches, LMBatches, TokenStream, load_tokens, prepare_lm_data
 from model import GPT
+from conftest import tiny_config
 
 # --------------------------------------------------------------------------------------------------
 # data.py

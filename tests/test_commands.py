@@ -23,7 +23,6 @@ import hf_import
 import plot
 import sample
 import train
-from conftest import tiny_config
 from data import GPT2Tokenizer, pad_batch
 from metrics import evaluate_classifier
 from model import GPT, GPTClassifier, load_model
@@ -32,6 +31,7 @@ from ring.config import UserError, parse_config
 from ring.files import check_output_dir, check_output_file, read_text, write_file
 from ring.runtime import setup_runtime
 from ring.tables import load_labelled_file, spreadsheet_safe
+from conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

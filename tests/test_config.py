@@ -2,8 +2,8 @@
 
 import pytest
 
-from ring.config import UserError, parse_config
 from train import TrainConfig
+from ring.config import UserError, parse_config
 
 
 def test_defaults_file_then_command_line(tmp_path):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from ring.config import UserError
 from data import (CharTokenizer, GPT2Tokenizer, LMBatches, TokenStream, load_tokens, prepare_lm_data,
                   tokenizer_from_dict)
+from ring.config import UserError
 from ring.download import download
 
 

@@ -15,17 +15,17 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ring import checkpoint
 import finetune
-from ring import runtime
 import sample
 import train
-from ring.config import UserError
-from conftest import tiny_config
 from hf_import import export_hf
 from model import GPT, load_model
+from ring import checkpoint
+from ring import runtime
+from ring.config import UserError
 from ring.download import sha256_of
 from ring.rundir import RunDirectory
+from conftest import tiny_config
 from test_train import TEXT, interrupt_during_micro_batch, metrics, tiny_run, train_losses
 
 ROOT = Path(__file__).resolve().parents[1]

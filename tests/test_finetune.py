@@ -18,18 +18,18 @@ import torch
 from safetensors.torch import load_file
 
 import data
-from ring import download
 import finetune
+from data import GPT2Tokenizer, LengthBatches
+from lora import LoRALinear, choose_trainable, merged_copy
+from metrics import classification_metrics, classify_texts
+from model import GPT, GPTClassifier, load_model
+from sample import generate
+from ring import download
 from ring import tables
 from ring.checkpoint import save_checkpoint
 from ring.config import UserError
-from conftest import tiny_config
-from data import GPT2Tokenizer, LengthBatches
-from metrics import classification_metrics, classify_texts
-from lora import LoRALinear, choose_trainable, merged_copy
-from model import GPT, GPTClassifier, load_model
-from sample import generate
 from ring.tables import load_classification_data, read_table, resolve_cls_dataset
+from conftest import tiny_config
 
 ROOT = Path(__file__).parents[1]
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from conftest import tiny_config
 from data import GPT2Tokenizer
 from metrics import hellaswag_scores
 from model import GPT
 from ring import download
 from ring.config import UserError
 from ring.tables import read_hellaswag
+from conftest import tiny_config
 from test_hf_import import FakeHub
 
 EXAMPLES = [  # (ctx_a, ctx_b, endings, label), in the style of the real validation file

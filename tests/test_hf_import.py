@@ -19,16 +19,16 @@ from safetensors.torch import load_file, save_file
 from transformers import (AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel,
                           GPT2Tokenizer)
 
-from model import load_model, tensor_shapes
-from ring.checkpoint import save_checkpoint
-from ring.config import UserError, run_main
-from conftest import tiny_config
-from data import GPT2Tokenizer as OurGPT2Tokenizer
-from ring.download import download
 import hf_import
+from data import GPT2Tokenizer as OurGPT2Tokenizer
 from hf_import import export_hf, hf_to_ours, import_hf, main, ours_to_hf, resolve_pretrained
+from model import load_model, tensor_shapes
 from model import GPT, GPTClassifier, GPTConfig
 from sample import generate
+from ring.checkpoint import save_checkpoint
+from ring.config import UserError, run_main
+from ring.download import download
+from conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(n_layer=2, n_head=2, n_embd=32, vocab_size=101, n_positions=48)

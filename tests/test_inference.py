@@ -3,16 +3,16 @@
 import pytest
 import torch
 
-from ring import fastpaths
 import sample
 import train
-from conftest import tiny_config
 from data import tokenizer_from_dict
 from evaluate import language_model_loss
 from model import GPT, GPTClassifier, load_model
 from quantize import Int8Linear, quantize_rows
+from ring import fastpaths
 from ring.checkpoint import save_checkpoint
 from ring.runtime import setup_runtime
+from conftest import tiny_config
 from test_train import tiny_run
 
 

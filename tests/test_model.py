@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from conftest import tiny_config
 from model import GPT, KVCache, explicit_attention
 from sample import generate, sample_next_token
+from conftest import tiny_config
 
 
 def test_changing_a_future_token_leaves_earlier_logits_unchanged():

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from conftest import tiny_config
 from model import GPT, MLP, Block, GPTClassifier
 from ring.fastpaths import CompilableGELU
+from conftest import tiny_config
 
 
 def tanh_gelu(x):

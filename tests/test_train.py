@@ -12,12 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ring import checkpoint
 import train
-from ring.config import UserError
-from ring.runtime import maybe_compile, resolve_dtype, setup_runtime
 from model import load_model
 from train import lr_at
+from ring import checkpoint
+from ring.config import UserError
+from ring.runtime import maybe_compile, resolve_dtype, setup_runtime
 
 TEXT = "".join(f"{w} " for w in ("the quick brown fox jumps over the lazy dog and then it sleeps " * 300).split())
 

@@ -16,12 +16,12 @@ import finetune
 import plot
 import sample
 import train
-from ring.checkpoint import save_checkpoint
-from ring.config import UserError, parse_config
-from conftest import tiny_config
 from data import GPT2Tokenizer
 from model import GPT, load_model
+from ring.checkpoint import save_checkpoint
+from ring.config import UserError, parse_config
 from ring.tables import load_classification_data, truncate
+from conftest import tiny_config
 from test_finetune import cls_args, metrics, write_csv
 from test_train import interrupt_during_micro_batch, tiny_run
 
