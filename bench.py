@@ -43,7 +43,7 @@ from train import LanguageModelling, TrainConfig, build_model, train_loop
 from ring.config import UserError, check_settings, did_you_mean, parse_config, run_main, setting
 from ring.files import read_text
 from ring.rundir import RunDirectory
-from ring.runtime import setup_runtime
+from ring.runtime import peak_flops, setup_runtime
 
 
 def median_range(values, fmt="{:.1f}"):
@@ -141,13 +141,15 @@ VARIANTS = {  # name -> (dtype, quantize, compile)
     "fp32": ("float32", "", False),
     "fp32-compiled": ("float32", "", True),
     "bf16": ("bfloat16", "", False),
-    "int8": ("bfloat16", "int8", False),
+    "int8": ("bfloat16", "int8", False),  # PyTorch's int8 kernel, for bf16 activations
+    "int8-fp32": ("float32", "int8", False),
+    "int8-fp32-compiled": ("float32", "int8", True),  # fastpaths.RowDotInt8Linear
 }
 
 
 def bench_sample(args):
     rt = setup_runtime(args.device, "float32")
-    prompt = torch.randint(0, 50257, (1, args.prompt_tokens), device=rt.device,
+    prompt = torch.randint(0, 50257, (args.batch, args.prompt_tokens), device=rt.device,
                            generator=torch.Generator(rt.device).manual_seed(0))
     models, outputs, work = {}, {}, {}
     for name in args.variants:
@@ -171,24 +173,29 @@ def bench_sample(args):
     times = interleaved(work, args.rounds)
     bandwidth = [reader.big.nbytes / t for t in times.pop("bandwidth")]
     context = args.prompt_tokens + args.new_tokens / 2  # the average length of the KV cache
-    print(f"decode, GPT-2 124M shape, batch 1, greedy, {args.new_tokens} new tokens after "
+    B = args.batch
+    print(f"decode, GPT-2 124M shape, batch {B}, greedy, {args.new_tokens} new tokens after "
           f"{args.prompt_tokens}; {rt.device}, {torch.get_num_threads()} threads, "
           f"{args.rounds} rounds")
     print(f"  read bandwidth in the same rounds: {median_range([b / 1e9 for b in bandwidth])} GB/s")
     reference = {"float32": "fp32", "bfloat16": "bf16"}
+    first = next(iter(times))
     for name, seconds in times.items():
-        per_token = bytes_per_token(models[name], context)
-        tokens_per_s = [args.new_tokens / s for s in seconds]
-        roofline = [b / per_token for b in bandwidth]
+        # a step reads every weight once for all B rows, and each row's own KV cache
+        per_step = bytes_per_token(models[name], context * B)
+        tokens_per_s = [B * args.new_tokens / s for s in seconds]
+        roofline = [B * b / per_step for b in bandwidth]
         fraction = [t / r * 100 for t, r in zip(tokens_per_s, roofline)]
+        ratio = [a / b for a, b in zip(times[first], seconds)]  # this variant's speed over the first's
         same = reference[VARIANTS[name][0]]
         agree = ""
         if same in outputs and same != name:
             agree = torch.equal(outputs[name], outputs[same])
             agree = f"; greedy tokens equal to {same}'s: {agree}"
-        print(f"  {name:14} {median_range(tokens_per_s)} tokens/s | {per_token / 1e6:.0f} MB a "
-              f"token | roofline {statistics.median(roofline):.0f} tokens/s | "
-              f"{median_range(fraction, '{:.0f}')} % of it{agree}")
+        print(f"  {name:18} {median_range(tokens_per_s)} tokens/s, {median_range(ratio, '{:.2f}')}x "
+              f"{first} | {per_step / 1e6:.0f} MB a step | roofline "
+              f"{statistics.median(roofline):.0f} tokens/s | {median_range(fraction, '{:.0f}')} % of "
+              f"it{agree}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -199,8 +206,13 @@ def bench_train(args):
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     rt = setup_runtime(cfg.device, cfg.dtype)
     dtype = torch.bfloat16 if rt.dtype == "bfloat16" else torch.float32
-    peak = [matmul_flops(rt.device, dtype) for _ in range(3)]
-    data_dir, meta = prepare_lm_data(cfg.dataset, cfg.tokenizer, cfg.data_dir)
+    measured = [matmul_flops(rt.device, dtype) for _ in range(3)]
+    # MFU against the device's published dense peak where it is known (GPUs), else the measured one
+    spec = cfg.peak_flops or peak_flops(rt)
+    peak = [spec] if spec else measured
+    tokens = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps * cfg.max_iters
+    data_dir, meta = prepare_lm_data(cfg.dataset, cfg.tokenizer, cfg.data_dir,
+                                     text_column=cfg.text_column, tokens_needed=tokens)
     speeds, mfus, ms = [], [], []
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory() as tmp:
@@ -222,9 +234,11 @@ def bench_train(args):
         mfus.append(statistics.median(r["mfu"] for r in steps) * 100)
     print(f"train: {model.num_params() / 1e6:.2f}M parameters, {rt.device} {rt.dtype}, compile "
           f"{cfg.compile}, {torch.get_num_threads()} threads, {args.rounds} rounds")
+    against = "the device's published peak" if spec else "the measured matmul peak"
     print(f"  {median_range(speeds, '{:,.0f}')} tokens/s | {median_range(ms)} ms/iter | MFU "
-          f"{median_range(mfus)} % of the measured matmul peak, "
-          f"{median_range([p / 1e9 for p in peak], '{:.0f}')} GFLOP/s")
+          f"{median_range(mfus)} % of {against}, {statistics.median(peak) / 1e9:,.0f} GFLOP/s "
+          f"(measured: a 2048x2048 matmul at "
+          f"{median_range([p / 1e9 for p in measured], '{:,.0f}')} GFLOP/s)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -344,6 +358,7 @@ class SampleBench(Measuring):
     device: str = setting("the device to decode on", "cpu")
     variants: tuple = setting("what to compare", ("fp32", "bf16", "int8"), tuple(VARIANTS))
     prompt_tokens: int = setting("tokens of the (random) prompt", 16, ">= 1")
+    batch: int = setting("prompts decoded together", 1, ">= 1")
     new_tokens: int = setting("tokens generated per round", 128, ">= 1")
 
 

@@ -13,6 +13,7 @@ Everything here is plumbing that the training scripts call by one name each:
 """
 
 import contextlib
+import ctypes
 import gc
 import os
 import signal
@@ -161,11 +162,29 @@ def print0(rt, *args, **kwargs):
         print(*args, **kwargs, flush=True)
 
 
+def keep_freed_memory():
+    """Have glibc keep freed memory for reuse instead of returning it to the system, and serve
+    large blocks from its heap. A training step frees and allocates the same large tensors every
+    step (the gradients, 154 MB for GPT-2's token embedding alone); glibc gives any block over 32 MB
+    back at once and maps it anew, and every page of it then faults on first touch: 19-22% of the
+    CPU time of a 124M fine-tuning step on the reference CPU. Linux with glibc only; a no-op
+    elsewhere. Memory stays at its peak, as a GPU's caching allocator keeps it."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-4, 0)  # M_MMAP_MAX: no block is mmap-ed on its own...
+        libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD: ...and the heap's free top is kept
+    except (OSError, AttributeError):
+        pass
+
+
 @contextlib.contextmanager
 def session(device="auto", dtype="auto"):
     """What every run does around its work: resolve device and precision (joining the DDP process
-    group under torchrun), and leave the process group however the run ends."""
+    group under torchrun), and leave the process group however the run ends. On a CPU, freed
+    memory is kept for the next step (keep_freed_memory)."""
     rt = setup_runtime(device, dtype)
+    if rt.device_type == "cpu":
+        keep_freed_memory()
     try:
         yield rt
     finally:
