@@ -129,6 +129,30 @@ def test_an_interrupted_preparation_resumes_where_it_stopped(tmp_path, monkeypat
     assert not list((tmp_path / "split").glob("*.partial"))
 
 
+def test_a_disk_that_fills_up_leaves_no_shards_and_the_preparation_resumes(tmp_path,
+                                                                          monkeypatch):
+    source = write_folder(tmp_path / "docs", documents(400))
+    straight, _ = prepare(source, tmp_path, data="straight")
+    calls, add = {"n": 0}, corpus.ShardWriter.add
+
+    def full_disk(self, ids):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise OSError(28, "No space left on device")
+        return add(self, ids)
+
+    batches = corpus.batches
+    monkeypatch.setattr(corpus, "batches", lambda docs: batches(docs, 2000))
+    monkeypatch.setattr(corpus.ShardWriter, "add", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        prepare(source, tmp_path, data="full")
+    assert not list((tmp_path / "full").glob("*/manifest.json"))  # no half-written dataset
+    monkeypatch.setattr(corpus.ShardWriter, "add", add)  # space freed
+    resumed, _ = prepare(source, tmp_path, data="full")
+    assert shard_bytes(resumed) == shard_bytes(straight)
+    assert not list((tmp_path / "full").glob("*.partial"))
+
+
 def test_bad_input_is_one_line_and_leaves_nothing_behind(tmp_path):
     cases = {  # file -> (content, what the one line says)
         "not_object.jsonl": ('{"text": "fine"}\n[1, 2]\n', "line 2 is not a JSON object"),
