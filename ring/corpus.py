@@ -32,7 +32,7 @@ import numpy as np
 
 from ring.config import UserError
 from ring.download import sha256_of
-from ring.tables import pick_columns, table_texts
+from ring.tables import json_lines, pick_columns, table_texts
 
 SHARD_MAGIC, SHARD_VERSION = 20240520, 1
 HEADER_INTS = 256
@@ -171,14 +171,8 @@ def read_documents(files, reading, text_column=""):
 
 def _jsonl_documents(f, path, text_column):
     columns = None
-    for number, line in enumerate(f, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        if not isinstance(row, dict):
+    for number, row in json_lines(f):
+        if row is None:
             raise UserError(f"{path}: line {number} is not a JSON object; each line must be one")
         if columns is None:
             columns, _ = pick_columns(list(row), text_column, None, path, need_label=False)

@@ -203,16 +203,23 @@ def _read_delimited(path, text, kind):
     return header, rows
 
 
-def _read_jsonl(path, text):
-    columns, rows, malformed = {}, [], []
-    for number, line in enumerate(text.split("\n"), start=1):
+def json_lines(lines):
+    """(line number, its JSON object) for every line that is not blank; the object is None where
+    the line is not a JSON object. One reading of JSON Lines for tables, corpora and HellaSwag."""
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError:
             obj = None
-        if not isinstance(obj, dict):
+        yield number, obj if isinstance(obj, dict) else None
+
+
+def _read_jsonl(path, text):
+    columns, rows, malformed = {}, [], []
+    for number, obj in json_lines(text.split("\n")):
+        if obj is None:
             malformed.append(number)
             continue
         columns.update(dict.fromkeys(obj))
@@ -532,15 +539,9 @@ def read_hellaswag(path, limit=0):
     examples = []
     try:
         with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    row = None
-                endings = row.get("endings") if isinstance(row, dict) else None
-                if not (isinstance(row, dict) and isinstance(row.get("ctx"), str)
+            for number, row in json_lines(f):
+                endings = row.get("endings") if row is not None else None
+                if not (row is not None and isinstance(row.get("ctx"), str)
                         and isinstance(endings, list) and len(endings) == 4
                         and all(isinstance(e, str) for e in endings)
                         and row.get("label") in (0, 1, 2, 3)):
