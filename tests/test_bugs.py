@@ -42,6 +42,16 @@ def test_language_model_windows_reach_the_last_token():
     assert x[0].tolist() == list(range(1, 9)) and y[0].tolist() == list(range(2, 10))
 
 
+def test_a_stream_of_uneven_shards_reads_every_window_as_one_sequence():
+    sizes = [5, 1, 9, 3]
+    shards = [np.arange(sum(sizes[:i]), sum(sizes[:i + 1]), dtype=np.uint16)
+              for i in range(len(sizes))]
+    stream, whole = TokenStream(shards), np.arange(sum(sizes))
+    for start in range(len(whole)):
+        for length in range(1, len(whole) - start + 1):
+            assert stream.window(start, length).tolist() == whole[start:start + length].tolist()
+
+
 def test_the_validation_split_is_the_tail_of_the_text(tmp_path):
     text = "".join(chr(ord("a") + i % 26) * 3 for i in range(100))  # 300 characters, no repeats
     (tmp_path / "t.txt").write_text(text)
@@ -50,6 +60,22 @@ def test_the_validation_split_is_the_tail_of_the_text(tmp_path):
     for split, part in (("train", text[:270]), ("val", text[270:])):
         stream = load_tokens(out, meta, split)
         assert tokenizer.decode(stream.window(0, len(stream)).tolist()) == part
+
+
+def test_language_modelling_evaluates_each_split_on_its_own_tokens(tmp_path):
+    from ring.runtime import setup_runtime
+    from train import LanguageModelling, TrainConfig
+
+    text = "abcdefgh" * 40 + "XYZ" * 20  # the last 10% (the val split) uses only X, Y and Z
+    (tmp_path / "t.txt").write_text(text)
+    out, meta = prepare_lm_data(str(tmp_path / "t.txt"), "char", tmp_path / "data")
+    tokenizer = CharTokenizer(meta["tokenizer"]["chars"])
+    cfg = TrainConfig(block_size=8, batch_size=4, eval_iters=3)
+    objective = LanguageModelling(cfg, setup_runtime("cpu", "float32"), out, meta)
+    seen = {split: {tokenizer.decode(x.flatten().tolist()) for x, _ in batches}
+            for split, batches in objective.eval_sets.items()}
+    assert all(set(t) <= set("XYZ") for t in seen["val"])
+    assert all(set(t) <= set("abcdefghXYZ") and set(t) & set("abcdefgh") for t in seen["train"])
 
 
 # --------------------------------------------------------------------------------------------------
