@@ -186,16 +186,17 @@ def bench_sample(args):
         tokens_per_s = [B * args.new_tokens / s for s in seconds]
         roofline = [B * b / per_step for b in bandwidth]
         fraction = [t / r * 100 for t, r in zip(tokens_per_s, roofline)]
-        ratio = [a / b for a, b in zip(times[first], seconds)]  # this variant's speed over the first's
+        ratio = [a / b for a, b in zip(times[first], seconds)]  # speed against the first variant's
         same = reference[VARIANTS[name][0]]
         agree = ""
         if same in outputs and same != name:
             agree = torch.equal(outputs[name], outputs[same])
             agree = f"; greedy tokens equal to {same}'s: {agree}"
-        print(f"  {name:18} {median_range(tokens_per_s)} tokens/s, {median_range(ratio, '{:.2f}')}x "
+        speedup = median_range(ratio, '{:.2f}')
+        print(f"  {name:18} {median_range(tokens_per_s)} tokens/s, {speedup}x "
               f"{first} | {per_step / 1e6:.0f} MB a step | roofline "
-              f"{statistics.median(roofline):.0f} tokens/s | {median_range(fraction, '{:.0f}')} % of "
-              f"it{agree}")
+              f"{statistics.median(roofline):.0f} tokens/s | "
+              f"{median_range(fraction, '{:.0f}')} % of it{agree}")
 
 
 # --------------------------------------------------------------------------------------------------

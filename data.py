@@ -109,7 +109,7 @@ def tokenizer_from_dict(d):
 # are held out for validation, chosen by a seeded hash of their text; a single .txt file is one
 # document, whose first 90% of characters train and the rest validate.
 
-TEXT_DATASETS = {  # built-in texts: name -> (the copy shipped here, its sha256, where it comes from)
+TEXT_DATASETS = {  # built-in texts: name -> (the copy shipped here, its sha256, its source)
     "shakespeare": (
         Path(__file__).parent / "datasets" / "shakespeare" / "input.txt",
         "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
@@ -297,7 +297,7 @@ class LengthBatches:
 
 
 # --------------------------------------------------------------------------------------------------
-# python data.py DATASET: prepare ahead of time what train.py --dataset=DATASET prepares on first use
+# python data.py DATASET: prepare ahead what train.py --dataset=DATASET prepares on first use
 
 
 def main(argv=None):

@@ -87,7 +87,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)  # on the output, before the residual add
         self.n_head = config.n_head
         self.n_embd = config.n_embd
-        # The attention itself, as a function of q, k and v: PyTorch's kernel. ring/fastpaths.py puts
+        # The attention itself, as a function of q, k and v: PyTorch's kernel. ring/fastpaths.py sets
         # another one here where that kernel is slow for one kind of hardware.
         self.attend = fused_attention
 

@@ -202,7 +202,8 @@ def _delimited_documents(f, path, kind, text_column):
                                 f"header {len(header)} ({', '.join(header)})")
             yield table_texts(dict(zip(header, fields)), columns)
     except csv.Error as e:
-        raise UserError(f"{path}: malformed {kind.upper()} at line {reader.line_num} ({e})") from None
+        raise UserError(f"{path}: malformed {kind.upper()} at line {reader.line_num} "
+                        f"({e})") from None
 
 
 # --------------------------------------------------------------------------------------------------
