@@ -134,3 +134,15 @@ def test_a_decode_that_fails_to_compile_falls_back_to_eager(monkeypatch, capsys)
     fast = fastpaths.compile_for_decode(model, setup_runtime("cpu", "float32"))
     assert "torch.compile failed (RuntimeError: no C++ compiler); running eager" in capsys.readouterr().out
     assert torch.equal(sample.generate(fast, prompt, 5, temperature=0), expected)  # row-dot layers
+
+
+def test_the_row_dot_layers_of_the_compiled_decode_compute_the_layers_they_replace():
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(24, 40)
+    torch.nn.init.normal_(dense.bias)
+    int8 = Int8Linear(dense)
+    for plain, fast in ((dense, fastpaths.RowDotLinear(dense)),
+                        (int8, fastpaths.RowDotInt8Linear(int8))):
+        for x in (torch.randn(1, 1, 24), torch.randn(2, 3, 24)):  # one row (decode), several
+            with torch.no_grad():
+                torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-5)
