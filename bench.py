@@ -35,11 +35,11 @@ from pathlib import Path
 
 import torch
 
-from data import prepare_lm_data, tokenizer_from_dict
+from data import tokenizer_from_dict
 from evaluate import language_model_loss
 from model import GPT, GPTConfig, load_model
 from sample import for_inference, generate
-from train import LanguageModelling, TrainConfig, build_model, train_loop
+from train import LanguageModelling, TrainConfig, build_model, run_data, train_loop
 from ring.config import UserError, check_settings, did_you_mean, parse_config, run_main, setting
 from ring.files import read_text
 from ring.rundir import RunDirectory
@@ -211,9 +211,7 @@ def bench_train(args):
     # MFU against the device's published dense peak where it is known (GPUs), else the measured one
     spec = cfg.peak_flops or peak_flops(rt)
     peak = [spec] if spec else measured
-    tokens = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps * cfg.max_iters
-    data_dir, meta = prepare_lm_data(cfg.dataset, cfg.tokenizer, cfg.data_dir,
-                                     text_column=cfg.text_column, tokens_needed=tokens)
+    data_dir, meta = run_data(cfg, rt)
     speeds, mfus, ms = [], [], []
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory() as tmp:

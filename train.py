@@ -402,11 +402,16 @@ def starting_point(cfg, rt, keys):
     return where, read_info(where), None
 
 
-def data_tokenizer(cfg, start):
-    """What the data is tokenized with: cfg.tokenizer from scratch, else the starting checkpoint's
+def run_data(cfg, rt, start=None):
+    """(directory, manifest) of the run's data, tokenized once and cached (rank 0 first, the
+    others then read the cache): with cfg.tokenizer from scratch, else the starting checkpoint's
     own (a character model's vocabulary included: a text that uses only some of its characters
     keeps their ids, and one that uses others is refused, naming them)."""
-    return cfg.tokenizer if start is None else start[1].tokenizer
+    tokenizer = cfg.tokenizer if start is None else start[1].tokenizer
+    tokens = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps * cfg.max_iters
+    return main_process_first(rt, lambda: prepare_lm_data(
+        cfg.dataset, tokenizer, cfg.data_dir, val_fraction=cfg.val_fraction,
+        text_column=cfg.text_column, tokens_needed=tokens, verify=rt.is_main))
 
 
 def fit_to_run(model, cfg, where):
@@ -451,12 +456,8 @@ def run(cfg, epochs=None, adapt=None):
     what trains (finetune.py: freezing, LoRA) before the loop starts."""
     with run_session(cfg) as (rt, run_dir):
         start = starting_point(cfg, rt, SHAPE_KEYS)
-        # data: tokenized once and cached (rank 0 first, the others then read the cache)
+        data_dir, meta = run_data(cfg, rt, start)
         steps_tokens = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
-        data_dir, meta = main_process_first(rt, lambda: prepare_lm_data(
-            cfg.dataset, data_tokenizer(cfg, start), cfg.data_dir, val_fraction=cfg.val_fraction,
-            text_column=cfg.text_column, tokens_needed=steps_tokens * cfg.max_iters,
-            verify=rt.is_main))
         print0(rt, f"data: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens "
                    f"from {meta['source']}")
         if epochs is not None:
