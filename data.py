@@ -81,15 +81,6 @@ class GPT2Tokenizer:
         return {"type": "gpt2"}
 
 
-def get_tokenizer(name, text=None):
-    """A tokenizer by name: 'gpt2', or 'char' (needs the text to build its vocabulary)."""
-    if name == "gpt2":
-        return GPT2Tokenizer()
-    if name == "char":
-        return CharTokenizer.from_text(text)
-    raise UserError(f"unknown tokenizer '{name}' (use char or gpt2)")
-
-
 def tokenizer_from_dict(d):
     """Rebuild a tokenizer saved with to_dict() (as stored in a checkpoint's config.json)."""
     return GPT2Tokenizer() if d["type"] == "gpt2" else CharTokenizer(d["chars"])
