@@ -37,9 +37,9 @@ import torch
 
 from data import tokenizer_from_dict
 from evaluate import language_model_loss
-from model import GPT, GPTConfig, load_model
+from model import GPT, GPTConfig
 from sample import for_inference, generate
-from train import LanguageModelling, TrainConfig, build_model, run_data, train_loop
+from train import LanguageModelling, TrainConfig, build_model, load_model, run_data, train_loop
 from ring.config import UserError, check_settings, did_you_mean, parse_config, run_main, setting
 from ring.files import read_text
 from ring.rundir import RunDirectory

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from data import TokenStream, load_tokens, prepare_lm_data, tokenizer_from_dict
 from metrics import (classify_texts, evaluate_classifier, format_report, hellaswag_scores, logged,
                      split_batches)
-from model import load_model
 from sample import for_inference
+from train import load_model
 from ring.config import UserError, check_settings, parse_config, run_main, setting
 from ring.download import fetch_hellaswag
 from ring.files import check_output_file, read_text, write_file

@@ -24,8 +24,9 @@ import torch
 from data import GPT2Tokenizer, LengthBatches
 from lora import choose_trainable, lora_state
 from metrics import evaluate_classifier, format_report, logged, split_batches
-from model import GPTClassifier, GPTConfig, load_model
-from train import TrainConfig, fit_to_run, run, run_session, starting_point, train_loop
+from model import GPTClassifier, GPTConfig
+from train import (TrainConfig, fit_to_run, load_model, run, run_session, starting_point,
+                   train_loop)
 from ring.config import UserError, parse_config, run_main, setting, with_defaults
 from ring.runtime import main_process_first, peak_memory, print0
 from ring.tables import TRUNCATIONS, load_classification_data

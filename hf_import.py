@@ -37,7 +37,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from model import GPTConfig, load_model, model_from_state, tensor_shapes
+from model import GPTConfig, model_from_state, tensor_shapes
+from train import load_model
 from ring.checkpoint import (MAX_CLASSES, SHAPE, CheckpointInfo, find_checkpoint, is_int,
                              save_checkpoint, write_directory)
 from ring.config import UserError, check_settings, parse_config, run_main, setting

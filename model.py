@@ -23,8 +23,6 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from ring.checkpoint import read_checkpoint
-from ring.config import UserError
 
 
 @dataclass
@@ -46,14 +44,20 @@ def causal_mask(T, S, device):
     return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
 
 
-def explicit_attention(q, k, v, dropout_p=0.0):
-    """Causal attention written out: softmax(q k^T / sqrt(hs)) v over the keys a query may see. The
-    reference that fused_attention must equal (tests/test_model.py)."""
+def attention_weights(q, k):
+    """softmax(q k^T / sqrt(hs)) over the keys each query may see: (B, nh, T, S), each row sums to
+    1 and is 0 above the diagonal (explore.py draws these)."""
     T, S = q.size(-2), k.size(-2)
     scale = 1.0 / math.sqrt(k.size(-1))  # keeps the scores' variance near 1 whatever the head size
     att = (q @ k.transpose(-2, -1)) * scale  # (B, nh, T, S): how well each query matches each key
     att = att.masked_fill(~causal_mask(T, S, q.device), float("-inf"))  # softmax gives those 0
-    att = F.softmax(att, dim=-1)  # each query's weights over the keys sum to 1
+    return F.softmax(att, dim=-1)  # each query's weights over the keys sum to 1
+
+
+def explicit_attention(q, k, v, dropout_p=0.0):
+    """Causal attention written out: attention_weights(q, k) @ v. The reference that
+    fused_attention must equal (tests/test_model.py)."""
+    att = attention_weights(q, k)  # (B, nh, T, S)
     if dropout_p > 0:
         att = F.dropout(att, dropout_p)
     return att @ v  # (B, nh, T, hs): each query's weighted sum of the values
@@ -368,20 +372,10 @@ def model_from_state(config, state):
     expected, got = tensor_shapes(config), {k: tuple(v.shape) for k, v in state.items()}
     if got != expected:
         wrong = sorted(set(got.items()) ^ set(expected.items()))[0]
-        raise UserError(f"the weights do not fit the model's config (at {wrong[0]}: {wrong[1]})")
+        raise ValueError(f"the weights do not fit the model's config (at {wrong[0]}: {wrong[1]})")
     model = empty_model(config)
     model.load_state_dict(state, strict=False, assign=True)
     if config.n_classes == 0:
         model.lm_head.weight = model.transformer.wte.weight
     return model
 
-
-def load_model(path, device="cpu"):
-    """(model, CheckpointInfo) of a checkpoint directory, or of a run directory (its best/, else its
-    last/). Reading the files and checking them is the ring's part (ring/checkpoint.py)."""
-    info, state = read_checkpoint(path)
-    try:
-        model = model_from_state(GPTConfig(**info.model), state)
-    except UserError as e:
-        raise UserError(f"{path}: {e}; the checkpoint is damaged") from None
-    return model.to(device), info

@@ -19,8 +19,9 @@ import torch
 
 from data import tokenizer_from_dict
 from metrics import classify_texts
-from model import KVCache, load_model
+from model import KVCache
 from quantize import quantize_int8
+from train import load_model
 from ring.config import UserError, check_settings, check_value, parse_config, run_main, setting
 from ring.fastpaths import prepare_for_inference
 from ring.files import read_text

@@ -23,9 +23,9 @@ import torch
 from data import GPT2Tokenizer, LMBatches, load_tokens, prepare_lm_data
 from lora import has_lora, lora_state, merged_copy
 from metrics import hellaswag_scores
-from model import GPT, GPTConfig, load_model
+from model import GPT, GPTConfig, model_from_state
 from ring.checkpoint import (CheckpointInfo, check_same_meaning, check_unchanged, find_checkpoint,
-                             load_train_state, read_info, save_checkpoint)
+                             load_train_state, read_checkpoint, read_info, save_checkpoint)
 from ring.config import UserError, check_settings, parse_config, run_main, setting
 from ring.download import fetch_hellaswag
 from ring.fastpaths import prepare_for_training
@@ -294,6 +294,17 @@ def save(training, name, resumable):
     if resumable:
         training.saved_at = state.iter_num
 
+
+
+def load_model(path, device="cpu"):
+    """(model, CheckpointInfo) of what save wrote: a checkpoint directory, or a run directory (its
+    best/, else its last/). Reading the files and checking them is the ring's part."""
+    info, state = read_checkpoint(path)
+    try:
+        model = model_from_state(GPTConfig(**info.model), state)
+    except ValueError as e:
+        raise UserError(f"{path}: {e}; the checkpoint is damaged") from None
+    return model.to(device), info
 
 # --------------------------------------------------------------------------------------------------
 # THE LOOP

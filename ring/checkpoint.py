@@ -14,7 +14,7 @@ that SHA256SUMS does not list, is a damaged checkpoint; every size in config.jso
 checked against the weights file's header before anything is built.
 
 This module knows the files, not the model: model.py builds a model from what read_checkpoint
-returns (model.load_model).
+returns (train.load_model).
 """
 
 import errno
@@ -322,7 +322,7 @@ def check_header(path, shape):
 def read_checkpoint(path):
     """(CheckpointInfo, {name: float32 tensor}) of a checkpoint directory, or of a run directory
     (its best/, else its last/): every file checked against SHA256SUMS, the shape in config.json
-    bounded and checked against the weights' header. model.load_model builds the model."""
+    bounded and checked against the weights' header. train.load_model builds the model."""
     directory = find_checkpoint(path)
     info = read_info(directory)
     verify(directory, WEIGHTS)

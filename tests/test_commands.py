@@ -25,7 +25,8 @@ import sample
 import train
 from data import GPT2Tokenizer, pad_batch
 from metrics import evaluate_classifier
-from model import GPT, GPTClassifier, load_model
+from model import GPT, GPTClassifier
+from train import load_model
 from ring.checkpoint import save_checkpoint
 from ring.config import UserError, parse_config
 from ring.files import check_output_dir, check_output_file, read_text, write_file

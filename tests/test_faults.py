@@ -19,7 +19,8 @@ import finetune
 import sample
 import train
 from hf_import import export_hf
-from model import GPT, load_model
+from model import GPT
+from train import load_model
 from ring import checkpoint
 from ring import runtime
 from ring.config import UserError

@@ -22,7 +22,8 @@ import finetune
 from data import GPT2Tokenizer, LengthBatches
 from lora import LoRALinear, choose_trainable, merged_copy
 from metrics import classification_metrics, classify_texts
-from model import GPT, GPTClassifier, load_model
+from model import GPT, GPTClassifier
+from train import load_model
 from sample import generate
 from ring import download
 from ring import tables

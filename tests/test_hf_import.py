@@ -22,7 +22,8 @@ from transformers import (AutoTokenizer, GPT2Config, GPT2ForSequenceClassificati
 import hf_import
 from data import GPT2Tokenizer as OurGPT2Tokenizer
 from hf_import import export_hf, hf_to_ours, import_hf, main, ours_to_hf, resolve_pretrained
-from model import load_model, tensor_shapes
+from model import tensor_shapes
+from train import load_model
 from model import GPT, GPTClassifier, GPTConfig
 from sample import generate
 from ring.checkpoint import save_checkpoint

@@ -7,7 +7,8 @@ import sample
 import train
 from data import tokenizer_from_dict
 from evaluate import language_model_loss
-from model import GPT, GPTClassifier, load_model
+from model import GPT, GPTClassifier
+from train import load_model
 from quantize import Int8Linear, quantize_rows
 from ring import fastpaths
 from ring.checkpoint import save_checkpoint

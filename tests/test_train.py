@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from model import load_model
+from train import load_model
 from train import lr_at
 from ring import checkpoint
 from ring.config import UserError

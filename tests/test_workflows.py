@@ -17,7 +17,8 @@ import plot
 import sample
 import train
 from data import GPT2Tokenizer
-from model import GPT, load_model
+from model import GPT
+from train import load_model
 from ring.checkpoint import save_checkpoint
 from ring.config import UserError, parse_config
 from ring.tables import load_classification_data, truncate
