@@ -12,6 +12,7 @@ From text on disk to batches of token ids.
    from are read by tables.py).
 """
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,13 +93,97 @@ def tokenizer_from_dict(d):
 # A corpus is a sequence of documents: web pages, books, reviews. GPT-2 was trained on documents
 # laid end to end, each preceded by <|endoftext|> (the character tokenizer has no such token): the
 # model sees where a text starts, and learns that what follows owes nothing to what came before.
+# Whole documents are held out for validation, chosen by a seeded hash of their text; a single .txt
+# file is one document, whose first 90% of characters train and the rest validate.
 #
-# The tokens go into shards, files of a fixed number of uint16 ids (every GPT-2 id is below 2^16)
-# behind a small header (llm.c's format, which the pre-tokenized FineWeb uses). A shard is written
-# once, checked by its sha256, and memory-mapped when training: the sampler below reads only the
-# windows it draws, so 10B tokens (20 GB) train as easily as 1M, whatever the RAM. Whole documents
-# are held out for validation, chosen by a seeded hash of their text; a single .txt file is one
-# document, whose first 90% of characters train and the rest validate.
+# The tokens go into shards: files of uint16 ids (every GPT-2 id is below 2^16, so a token takes 2
+# bytes) behind a header of 256 int32s, [20240520, 1, number of tokens, 0, ...]: llm.c's format,
+# which the pre-tokenized FineWeb uses. A shard is written once, checked by its sha256, and
+# memory-mapped when training: the sampler below reads only the windows it draws, so 10B tokens
+# (20 GB) train as easily as 1M, whatever the RAM.
+#
+# prepare_in_memory is the whole recipe in a few lines. ring/corpus.py follows the same rules (the
+# functions here) at any size: streaming, on threads, resumable, 100M tokens a shard; the tests
+# check that both give the same tokens.
+
+SPLIT_SEED = 1337  # which documents are held out does not change with a run's --seed
+SHARD_MAGIC, SHARD_VERSION, HEADER_INTS = 20240520, 1, 256
+
+
+def held_out(text, val_fraction, seed=SPLIT_SEED):
+    """Is this document in the validation split? A seeded hash of its text decides: the same
+    documents every time, whatever the order or the number of workers, and a document repeated in
+    the corpus lands in one split only."""
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8,
+                             key=seed.to_bytes(8, "little")).digest()
+    return int.from_bytes(digest, "little") < val_fraction * 2**64
+
+
+def split_documents(texts, val_fraction, one_text=False):
+    """(text, split, whether it starts a document) for the documents of a corpus, in order. An empty
+    document is left out (it teaches nothing). If none has gone to validation by the last one, the
+    last one does, so validation is never empty. one_text: the corpus is one document (a .txt
+    file): its first 1 - val_fraction of the characters train, the rest validates, as the same
+    document continued."""
+    if one_text:
+        text = next(iter(texts), "")
+        cut = int(len(text) * (1 - val_fraction))
+        yield from [(text[:cut], "train", True), (text[cut:], "val", False)] if text.strip() else []
+        return
+    previous, any_val = None, False
+    for text in (t for t in texts if t.strip()):
+        if previous is not None:  # one document of lookahead: is this one the last?
+            val = held_out(previous, val_fraction)
+            any_val |= val
+            yield previous, "val" if val else "train", True
+        previous = text
+    if previous is not None:
+        yield previous, "val" if held_out(previous, val_fraction) or not any_val else "train", True
+
+
+def document_tokens(ids, eot):
+    """What a document adds to its split's stream: eot (<|endoftext|>; None for a character model
+    or a document continued) and then its token ids, as uint16."""
+    return np.asarray(ids if eot is None else [eot, *ids], dtype=np.uint16)
+
+
+def shard_header(n_tokens):
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[:3] = SHARD_MAGIC, SHARD_VERSION, n_tokens
+    return header.tobytes()
+
+
+def read_shard(path):
+    """The tokens of a shard as a read-only uint16 memmap (nothing is read until used), once its
+    header is llm.c's and the file holds exactly the tokens the header announces."""
+    path = Path(path)
+    try:
+        header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+        size = path.stat().st_size
+    except OSError as e:
+        raise UserError(f"cannot read the shard {path} ({e.strerror})") from None
+    if len(header) < HEADER_INTS or header[0] != SHARD_MAGIC or header[1] != SHARD_VERSION:
+        raise UserError(f"{path} is not a token shard (llm.c's .bin: a 256-int32 header starting "
+                        f"{SHARD_MAGIC}, {SHARD_VERSION}, then uint16 tokens)")
+    n_tokens = int(header[2])
+    if n_tokens < 0 or size != HEADER_INTS * 4 + 2 * n_tokens:
+        raise UserError(f"{path}: its header announces {n_tokens:,} tokens but the file holds "
+                        f"{(size - HEADER_INTS * 4) / 2:,.1f}; the shard is truncated or damaged")
+    if n_tokens == 0:
+        return np.zeros(0, dtype=np.uint16)
+    return np.memmap(path, dtype=np.uint16, mode="r", offset=HEADER_INTS * 4, shape=(n_tokens,))
+
+
+def prepare_in_memory(texts, tokenizer, val_fraction=0.1, one_text=False):
+    """The token stream of each split, {"train": uint16 array, "val": ...}: the reference of what
+    prepare_lm_data writes into shards (ring/corpus.py), in memory and in plain order."""
+    streams = {"train": [], "val": []}
+    for text, split, starts in split_documents(texts, val_fraction, one_text):
+        ids = tokenizer.encode(text)
+        streams[split].append(document_tokens(ids, tokenizer.eot_token if starts else None))
+    return {split: np.concatenate([np.zeros(0, np.uint16), *pieces])
+            for split, pieces in streams.items()}
+
 
 TEXT_DATASETS = {  # built-in texts: name -> (the copy shipped here, its sha256, its source)
     "shakespeare": (
@@ -107,7 +192,8 @@ TEXT_DATASETS = {  # built-in texts: name -> (the copy shipped here, its sha256,
         "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
     ),
 }
-SPLIT_SEED = 1337  # which documents are held out does not change with a run's --seed
+# What ring/corpus.py follows when it writes and checks shards: the rules above.
+RULES = corpus.Rules(split_documents, document_tokens, shard_header, read_shard)
 
 
 def prepare_lm_data(dataset, tokenizer, data_dir, *, val_fraction=0.1, text_column="", workers=0,
@@ -125,8 +211,9 @@ def prepare_lm_data(dataset, tokenizer, data_dir, *, val_fraction=0.1, text_colu
     sha256 (one process of a run does it; the others check sizes)."""
     tok = tokenizer if isinstance(tokenizer, dict) else {"type": tokenizer}
     source = resolve_dataset(dataset, data_dir, tokens_needed)
-    return corpus.prepare(source, tok, Path(data_dir), tokenizer_from_dict, val_fraction,
-                          text_column, workers or os.cpu_count() or 1, SPLIT_SEED, verify=verify)
+    return corpus.prepare(source, tok, Path(data_dir), RULES, tokenizer_from_dict,
+                          val_fraction=val_fraction, text_column=text_column,
+                          workers=workers or os.cpu_count() or 1, verify=verify)
 
 
 def resolve_dataset(dataset, data_dir, tokens_needed=0):
@@ -176,8 +263,9 @@ class TokenStream:
 
 
 def load_tokens(directory, manifest, split):
-    """The tokens of a split (train or val) of prepared data, as a TokenStream."""
-    return TokenStream(corpus.open_split(directory, manifest, split))
+    """The tokens of a split (train or val) of prepared data, as a TokenStream of its shards."""
+    return TokenStream([read_shard(Path(s.get("path") or Path(directory) / s["name"]))
+                        for s in manifest["shards"] if s["split"] == split])
 
 
 class LMBatches:

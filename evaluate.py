@@ -31,14 +31,14 @@ import torch.nn.functional as F
 
 from data import TokenStream, load_tokens, prepare_lm_data, tokenizer_from_dict
 from metrics import (classify_texts, evaluate_classifier, format_report, hellaswag_scores, logged,
-                     split_batches)
+                     read_hellaswag, split_batches)
 from sample import for_inference
 from train import load_model
 from ring.config import UserError, check_settings, parse_config, run_main, setting
 from ring.download import fetch_hellaswag
 from ring.files import check_output_file, read_text, write_file
 from ring.runtime import setup_runtime
-from ring.tables import (load_labelled_file, pick_columns, read_hellaswag, read_table, sample_of,
+from ring.tables import (load_labelled_file, pick_columns, read_table, sample_of,
                          spreadsheet_safe, table_texts)
 
 

@@ -34,16 +34,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from model import GPTConfig, model_from_state, tensor_shapes
 from train import load_model
-from ring.checkpoint import (MAX_CLASSES, SHAPE, CheckpointInfo, find_checkpoint, is_int,
-                             save_checkpoint, write_directory)
+from ring.checkpoint import (CheckpointInfo, check_shape, find_checkpoint, save_checkpoint,
+                             write_directory)
 from ring.config import UserError, check_settings, parse_config, run_main, setting
 from ring.download import BPE_DIR, DEFAULT_ENDPOINT, HUB_MODELS, download_from_hub, hub_endpoint
-from ring.files import check_output_dir
+from ring.files import check_output_dir, read_json
 from ring.rundir import is_checkpoint
 
 CHECKPOINTS = Path("checkpoints")  # where imported models go: checkpoints/<name>
@@ -68,73 +68,34 @@ def our_name(hf_key):
     return "transformer." + hf_key  # a GPT2Model file (like OpenAI's gpt2 on the hub): no prefix
 
 
-def check_tensors(found, config, where):
-    """Check the tensors of a Hugging Face model against config before any is converted: every name
-    known, each shape the one config.json implies, floating-point numbers, none missing or twice.
+def hf_to_ours(hf_state, config, where):
+    """Our model, from a Hugging Face GPT-2 state dict and our config (config_from_hf's).
 
-    found: {HF name: (shape, floating point?)}, from the tensors or from a safetensors header (so
-    that the check comes before anything is loaded). `where` names the file in error messages.
-    Returns ({HF name: our name} of the tensors to keep, the HF name of lm_head or None)."""
-    expected = tensor_shapes(config)
-    names, head = {}, None
-    for key, (shape, floating) in found.items():
+    First the conversion: each tensor renamed, the four Conv1D weights transposed, all of them in
+    float32 (the precision we train in; autocast lowers it where it pays). Then what is refused: a
+    name given twice (with and without the "transformer." prefix), an lm_head.weight that is not
+    wte.weight (GPT-2 ties them, and so does this model), and any tensor missing, unknown or of
+    another shape than config implies (model.model_from_state checks those)."""
+    state = {}
+    for key, tensor in hf_state.items():
         name = our_name(key)
         if name is None:
             continue  # a causal-mask buffer
-        if name == "lm_head.weight":
-            head, want = key, expected["transformer.wte.weight"]  # tied to wte: checked later
-        elif name not in expected:
-            raise UserError(f"{where}: unexpected tensor {key!r}; this is not a GPT-2 language "
-                            "model or classifier")
-        elif name in names.values():
-            raise UserError(f"{where}: {key!r} appears twice (with and without the 'transformer.' "
-                            "prefix)")
-        else:
-            want = expected[name]
-        if name.endswith(TRANSPOSED):
-            want = want[::-1]  # the file holds the Conv1D layout [in, out]
-        if tuple(shape) != want:
-            raise UserError(f"{where}: {key} has shape {tuple(shape)}, but config.json "
-                            f"(n_embd {config.n_embd}, n_layer {config.n_layer}, block_size "
-                            f"{config.block_size}, vocab_size {config.vocab_size}) needs {want}")
-        if not floating:
-            raise UserError(f"{where}: {key} does not hold floating-point weights")
-        if key != head:
-            names[key] = name
-
-    # The count: 4 model-wide tensors (wte, wpe, ln_f weight and bias), 12 per block (ln_1, c_attn,
-    # c_proj, ln_2, c_fc, c_proj: a weight and a bias each) and a classifier's score.weight: 148 for
-    # the 12-layer gpt2.
-    count = 4 + 12 * config.n_layer + (1 if config.n_classes else 0)
-    missing = [k for k in expected if k not in set(names.values())]
-    if missing or len(names) != count:
-        shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
-        raise UserError(f"{where}: {len(names)} tensors, expected {count} for {config.n_layer} "
-                        f"layers; missing {shown}")
-    return names, head
-
-
-def hf_to_ours(hf_state, config, where):
-    """Convert a Hugging Face GPT-2 state dict to ours, checking every name and shape against
-    config (check_tensors).
-
-    `where` names the file in error messages. Returns {our name: float32 tensor}, lm_head left
-    out."""
-    found = {k: (tuple(t.shape), t.is_floating_point()) for k, t in hf_state.items()}
-    names, head = check_tensors(found, config, where)
-    state = {}
-    for key, name in names.items():
-        tensor = hf_state[key]
         if name.endswith(TRANSPOSED):
             tensor = tensor.t()  # Conv1D [in, out] -> nn.Linear [out, in]
-        # float32 whatever the file's dtype: the precision we train in (autocast lowers it where it
-        # pays).
+        if name in state:
+            raise UserError(f"{where}: {key!r} appears twice (with and without the "
+                            "'transformer.' prefix)")
         state[name] = tensor.to(torch.float32).contiguous()
-    wte = state["transformer.wte.weight"]
-    if head is not None and not torch.equal(hf_state[head].to(torch.float32), wte):
+    head, wte = state.pop("lm_head.weight", None), state.get("transformer.wte.weight")
+    if head is not None and (wte is None or not torch.equal(head, wte)):
         raise UserError(f"{where}: lm_head.weight differs from wte.weight; GPT-2 ties them and so "
                         "does this model")
-    return state
+    try:
+        return model_from_state(config, state)
+    except ValueError as e:
+        raise UserError(f"{where}: {e}; this is not a GPT-2 of the shape its config.json "
+                        "gives") from None
 
 
 def ours_to_hf(state, config):
@@ -172,20 +133,11 @@ def config_from_hf(hf, path):
     if hf.get("model_type") != "gpt2":
         raise UserError(f"{path}: model_type is {hf.get('model_type')!r}, not 'gpt2'; only GPT-2 "
                         "models can be imported")
-    # (our name, config.json's name, transformers' default): each bounded as our own checkpoints'
-    # sizes are (checkpoint.SHAPE), before anything is built from it
-    fields = [("block_size", "n_positions" if "n_positions" in hf else "n_ctx", 1024),
-              ("vocab_size", "vocab_size", 50257), ("n_layer", "n_layer", 12),
-              ("n_head", "n_head", 12), ("n_embd", "n_embd", 768)]
-    sizes = {}
-    for key, name, default in fields:
-        value = sizes[key] = hf.get(name, default)
-        if not is_int(value) or not 1 <= value <= SHAPE[key]:
-            raise UserError(f"{path}: {name} must be an integer in [1, {SHAPE[key]}], not "
-                            f"{value!r:.60}")
-    if sizes["n_embd"] % sizes["n_head"]:
-        raise UserError(f"{path}: n_embd {sizes['n_embd']} is not divisible by n_head "
-                        f"{sizes['n_head']}")
+    # (our name, config.json's name, transformers' default), checked as our own checkpoints' are
+    names = [("block_size", "n_positions" if "n_positions" in hf else "n_ctx", 1024),
+             ("vocab_size", "vocab_size", 50257), ("n_layer", "n_layer", 12),
+             ("n_head", "n_head", 12), ("n_embd", "n_embd", 768)]
+    sizes = check_shape({key: hf.get(name, default) for key, name, default in names}, path)
     # Options that would make a GPT-2 compute something our model does not. gelu_new is the tanh
     # approximation of GELU that GPT-2 was trained with; gelu_pytorch_tanh is the same function
     # fused.
@@ -214,13 +166,12 @@ def config_from_hf(hf, path):
         if not isinstance(id2label, dict):
             raise UserError(f"{path}: id2label must be an object of label names, not "
                             f"{id2label!r:.60}")
-        n = len(id2label) or hf.get("num_labels", 2)
-        if not is_int(n) or not 1 <= n <= MAX_CLASSES:
-            raise UserError(f"{path}: num_labels must be an integer in [1, {MAX_CLASSES}], not "
-                            f"{n!r:.60}")
+        n = check_shape({**sizes, "n_classes": len(id2label) or hf.get("num_labels", 2)},
+                        path)["n_classes"]
         labels = [str(id2label.get(str(i), f"LABEL_{i}")) for i in range(n)]
     # dropout 0: a checkpoint is for inference until a training run sets its own dropout.
-    config = GPTConfig(**sizes, dropout=0.0, bias=True, n_classes=len(labels) if labels else 0)
+    config = GPTConfig(**{**sizes, "dropout": 0.0, "bias": True,
+                          "n_classes": len(labels) if labels else 0})
     return config, labels
 
 
@@ -270,59 +221,29 @@ def hf_config(config, info):
 # Reading a model in the Hugging Face layout
 
 
-def read_json(path):
-    path = Path(path)
-    if not path.is_file():
+def read_config(path):
+    """A Hugging Face config.json, as a dict."""
+    if not Path(path).is_file():
         raise UserError(f"{path} not found (a Hugging Face model directory has config.json next to "
                         "its weights)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path} is not readable JSON ({e})") from None
+    return read_json(path)
 
 
 def weight_files(directory):
-    """The weight files of a Hugging Face model directory: one file, or the shards of an
-    index.json, which must be plain file names in the directory (an index that names ../x or an
-    absolute path would make us read files from elsewhere)."""
+    """The weight files of a Hugging Face model directory: one file, or the shards that an
+    index.json lists."""
     directory = Path(directory)
     for single, index in (("model.safetensors", "model.safetensors.index.json"),
                           ("pytorch_model.bin", "pytorch_model.bin.index.json")):
         if (directory / single).is_file():
             return [directory / single]
         if (directory / index).is_file():
-            contents = read_json(directory / index)
-            weight_map = contents.get("weight_map") if isinstance(contents, dict) else None
+            weight_map = read_json(directory / index).get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
                 raise UserError(f"{directory / index} has no weight_map")
-            for name in weight_map.values():
-                if not is_file_name(name):
-                    raise UserError(f"{directory / index}: weight_map names {name!r:.60}, not a "
-                                    f"file in {directory}")
-            return [directory / name for name in sorted(set(weight_map.values()))]
+            return [directory / str(name) for name in sorted(set(weight_map.values()))]
     raise UserError(f"no weights in {directory}: expected model.safetensors (or pytorch_model.bin) "
                     "next to config.json")
-
-
-def is_file_name(name):
-    """Is name the name of a file in a directory, not a path (no ../, /, \\)?"""
-    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
-            and "\\" not in name and "\0" not in name)
-
-
-def header_shapes(path):
-    """{name: (shape, floating point?)} of the tensors in a safetensors file, read from its header:
-    no tensor is loaded."""
-    if not path.is_file():
-        raise UserError(f"{path} not found")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: (tuple(f.get_slice(k).get_shape()),
-                        f.get_slice(k).get_dtype() in ("F64", "F32", "F16", "BF16"))
-                    for k in f.keys()}
-    except (SafetensorError, OSError) as e:
-        raise UserError(f"{path} is not a readable safetensors file ({e}); it is truncated or "
-                        "corrupt: download it again") from None
 
 
 def load_tensors(path):
@@ -348,25 +269,19 @@ def load_tensors(path):
 
 
 def read_hf(source):
-    """(config dict, config path, {name: tensor}, where) of a local Hugging Face model: a directory,
-    or one weight file with config.json beside it. `where` is what error messages about the weights
-    name. The config is checked before the (maybe large) weights are read, and safetensors files'
-    tensors are checked against it from their headers first."""
+    """(config dict, our GPTConfig, label names or None, {name: tensor}, where) of a local Hugging
+    Face model: a directory, or one weight file with config.json beside it. `where` is what error
+    messages about the weights name. The config is checked before the (maybe large) weights are
+    read."""
     source = Path(source)
     directory = source if source.is_dir() else source.parent
-    hf = read_json(directory / "config.json")
-    config, _ = config_from_hf(hf, directory / "config.json")
+    hf = read_config(directory / "config.json")
+    config, labels = config_from_hf(hf, directory / "config.json")
     files = weight_files(directory) if source.is_dir() else [source]
-    where = files[0] if len(files) == 1 else directory
-    if all(f.suffix == ".safetensors" for f in files):
-        found = {}
-        for f in files:
-            found.update(header_shapes(f))
-        check_tensors(found, config, where)
     state = {}
     for f in files:
         state.update(load_tensors(f))
-    return hf, directory / "config.json", state, where
+    return hf, config, labels, state, files[0] if len(files) == 1 else directory
 
 
 # --------------------------------------------------------------------------------------------------
@@ -456,28 +371,24 @@ def import_hf(source, out_dir=None, *, endpoint=None, checkpoints_dir=CHECKPOINT
         cache = Path(checkpoints_dir) / ".hf" / HUB_MODELS[name]
         try:
             local = download_from_hub(name, hub_endpoint(endpoint), cache,
-                                      check_config=lambda p: config_from_hf(read_json(p), p))
+                                      check_config=lambda p: config_from_hf(read_config(p), p))
         except UserError:
             prune_empty(cache, checkpoints_dir)  # keeps a .part file (and its folders) to resume
             raise
     try:
-        hf, config_path, hf_state, where = read_hf(local)
-        config, labels = config_from_hf(hf, config_path)
-        state = hf_to_ours(hf_state, config, where)
+        hf, config, labels, hf_state, where = read_hf(local)
+        model = hf_to_ours(hf_state, config, where)
     except UserError:
         if cache is not None:  # a damaged download (maybe unchecked): fetch it anew next time
             shutil.rmtree(cache, ignore_errors=True)
             prune_empty(cache.parent, checkpoints_dir)
         raise
-    del hf_state
-
-    model = model_from_state(config, state)
     # A model exported from here keeps its own tokenizer in config.json (see hf_config); GPT-2 has
     # GPT-2's.
     info = CheckpointInfo(config, task="cls" if labels else "lm", labels=labels, source=recorded,
                           tokenizer=hf.get("minigpt2_tokenizer") or {"type": "gpt2"})
     save_checkpoint(out_dir, model, info)  # a temporary directory, then renamed: all or nothing
-    print(f"imported {source} ({model.num_params() / 1e6:.1f}M parameters, {len(state)} tensors) "
+    print(f"imported {source} ({model.num_params() / 1e6:.1f}M parameters, {len(hf_state)} tensors) "
           f"into {out_dir}", file=sys.stderr)
     if cache is not None and not keep_download:
         shutil.rmtree(cache, ignore_errors=True)  # the checkpoint has it all: no second copy

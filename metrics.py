@@ -10,13 +10,15 @@ finetune.py evaluates with these during training, evaluate.py on a checkpoint an
 classifies the texts it is given.
 """
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from data import pad_batch
 from ring.config import UserError
-from ring.tables import classifier_text, truncate
+from ring.tables import classifier_text, open_text, table_rows, truncate
 
 
 def classification_metrics(y_true, y_pred, n_classes):
@@ -138,7 +140,7 @@ def hellaswag_scores(model, tokenizer, examples, device, batch_size=8):
     GPT-2): each of the four endings is appended to the context, " " + ending, and the model's
     cross-entropy on the ending's tokens alone (given the context) is its cost. acc picks the ending
     with the lowest summed cost, acc_norm the lowest mean cost per token, which does not favour short
-    endings. examples: dicts with ctx, endings (4) and label (ring.tables.read_hellaswag)."""
+    endings. examples: dicts with ctx, endings (4) and label (read_hellaswag)."""
     model.eval()
     T = model.config.block_size
     right = {"acc": 0, "acc_norm": 0}
@@ -171,3 +173,26 @@ def hellaswag_scores(model, tokenizer, examples, device, batch_size=8):
     n = len(examples)
     return {"hellaswag_acc": right["acc"] / n, "hellaswag_acc_norm": right["acc_norm"] / n,
             "hellaswag_examples": n}
+
+
+def read_hellaswag(path, limit=0):
+    """The examples of a HellaSwag .jsonl file (the format of rowanz/hellaswag's data/: one object
+    a line with ctx, endings, label, ...) as dicts {ctx, endings, label}; the first `limit` of them
+    (0: all). A line that is not such an example is one line naming it."""
+    if not Path(path).is_file():
+        raise UserError(f"{path} not found")
+    examples = []
+    with open_text(path) as f:
+        for number, row in table_rows(f, path):
+            endings, label = row.get("endings"), row.get("label")
+            if not (isinstance(row.get("ctx"), str) and isinstance(endings, list)
+                    and len(endings) == 4 and all(isinstance(e, str) for e in endings)
+                    and type(label) is int and 0 <= label <= 3):
+                raise UserError(f"{path}: line {number} is not a HellaSwag example (an object "
+                                "with ctx, four endings and a label 0-3)")
+            examples.append({"ctx": row["ctx"], "endings": endings, "label": label})
+            if len(examples) == limit:
+                break
+    if not examples:
+        raise UserError(f"{path} holds no HellaSwag example")
+    return examples

@@ -22,7 +22,7 @@ import torch
 
 from data import GPT2Tokenizer, LMBatches, load_tokens, prepare_lm_data
 from lora import has_lora, lora_state, merged_copy
-from metrics import hellaswag_scores
+from metrics import hellaswag_scores, read_hellaswag
 from model import GPT, GPTConfig, model_from_state
 from ring.checkpoint import (CheckpointInfo, check_same_meaning, check_unchanged, find_checkpoint,
                              load_train_state, read_checkpoint, read_info, save_checkpoint)
@@ -33,7 +33,6 @@ from ring.rundir import Progress, RunDirectory, last_evaluation, report_end
 from ring.runtime import (StopRequest, any_rank, main_process_first, maybe_compile, mean_over_ranks,
                           peak_flops, print0, rng_state, session, set_rng_state,
                           world_size_from_env)
-from ring.tables import read_hellaswag
 
 # --------------------------------------------------------------------------------------------------
 # The learning-rate schedule

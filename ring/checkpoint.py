@@ -10,8 +10,8 @@ Checkpoints: one directory per checkpoint, written atomically, checked when read
 
 A run directory holds last/ (written at every evaluation and at the end) and best/ (when validation
 improves; weights and config only). Checks fail closed: a checkpoint without SHA256SUMS, or a file
-that SHA256SUMS does not list, is a damaged checkpoint; every size in config.json is bounded and
-checked against the weights file's header before anything is built.
+that SHA256SUMS does not list, is a damaged checkpoint; every size in config.json is bounded
+(check_shape, which checks Hugging Face's config.json too).
 
 This module knows the files, not the model: model.py builds a model from what read_checkpoint
 returns (train.load_model).
@@ -25,11 +25,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ring.config import UserError
 from ring.download import sha256_of
+from ring.files import read_json, read_text
 
 WEIGHTS, CONFIG, SUMS = "model.safetensors", "config.json", "SHA256SUMS"
 TRAIN_STATE = "train_state.pt"
@@ -38,13 +39,34 @@ TRAIN_STATE = "train_state.pt"
 # config.json
 
 
-# The "model" section: every field of model.GPTConfig, the defaults of those a file may leave out,
-# and the largest value accepted (far above any GPT-2; a bound, so that a damaged or hostile file
-# cannot make us allocate without limit before the weights are even looked at).
+# The model's shape, as config.json and Hugging Face's config.json give it: every field of
+# model.GPTConfig, the defaults of those a file may leave out, and the largest value accepted (far
+# above any GPT-2: a bound, so that a downloaded config cannot make us allocate without limit).
 SHAPE = {"block_size": 1 << 20, "vocab_size": 1 << 24, "n_layer": 1024, "n_head": 1024,
-         "n_embd": 1 << 16}
+         "n_embd": 1 << 16, "n_classes": 1 << 16}
 SHAPE_DEFAULTS = {"dropout": 0.0, "bias": True, "n_classes": 0}
-MAX_CLASSES = 1 << 16
+
+
+def check_shape(model, where):
+    """The model's shape (model.GPTConfig's fields, a dict) checked: sizes are integers within
+    SHAPE (n_classes may be 0), n_embd splits into n_head heads, dropout in [0, 1), bias a bool.
+    The one check of a shape read from a file, ours (config.json) or Hugging Face's."""
+    if not isinstance(model, dict):
+        raise UserError(f"{where} is damaged: it has no 'model' section")
+    model = {**SHAPE_DEFAULTS, **{k: model[k] for k in (*SHAPE, *SHAPE_DEFAULTS) if k in model}}
+    for key, limit in SHAPE.items():
+        value, low = model.get(key), 0 if key == "n_classes" else 1
+        if not is_int(value) or not low <= value <= limit:
+            raise UserError(f"{where}: {key} is {value!r:.60}, not an integer in [{low}, {limit}]")
+    if model["n_embd"] % model["n_head"]:
+        raise UserError(f"{where}: n_embd {model['n_embd']} is not divisible by n_head "
+                        f"{model['n_head']}")
+    dropout = model["dropout"]
+    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+        raise UserError(f"{where}: dropout is {dropout!r:.60}, not a number in [0, 1)")
+    if not isinstance(model["bias"], bool):
+        raise UserError(f"{where}: bias is {model['bias']!r:.60}, not true or false")
+    return model
 
 
 @dataclass
@@ -57,8 +79,8 @@ class CheckpointInfo:
     tokenizer   data.<Tokenizer>.to_dict(): {"type": "gpt2"} or {"type": "char", "chars": "..."};
                 train.py compares it with the data's before resuming or starting from the checkpoint
     labels      cls: the class names, class i is labels[i] (sample.py, evaluate.py, the HF export)
-    data        lm: the data's meta (its source_sha256 must match to resume); cls: where each split
-                came from
+    data        lm: the data's manifest (its source_sha256 must match to resume; evaluate.py takes
+                the split from it); cls: where each split came from
     iter_num    the optimizer steps behind these weights
     metrics     the evaluation these weights were saved with, made at iteration evaluated_at
     run         the settings of the run that wrote it (resume checks the shape against them)
@@ -82,45 +104,16 @@ class CheckpointInfo:
     @classmethod
     def from_dict(cls, d, where):
         """Read and check a config.json's contents; anything wrong is one line naming the file."""
-
-        def bad(what):
-            return UserError(f"{where} is damaged: {what}")
-
-        if not isinstance(d, dict) or not isinstance(d.get("model"), dict):
-            raise bad("it has no 'model' section")
-        model = {**SHAPE_DEFAULTS, **{k: v for k, v in d["model"].items()
-                                      if k in SHAPE or k in SHAPE_DEFAULTS}}
-        for key, limit in SHAPE.items():
-            value = model.get(key)
-            if not is_int(value) or not 1 <= value <= limit:
-                raise bad(f"model.{key} is {value!r}, not an integer in [1, {limit}]")
-        if model["n_embd"] % model["n_head"]:
-            raise bad(f"model.n_embd {model['n_embd']} is not divisible by n_head "
-                      f"{model['n_head']}")
-        if not is_int(model["n_classes"]) or not 0 <= model["n_classes"] <= MAX_CLASSES:
-            raise bad(f"model.n_classes is {model['n_classes']!r}, not an integer in [0, "
-                      f"{MAX_CLASSES}]")
-        if not isinstance(model["dropout"], (int, float)) or isinstance(model["dropout"], bool) \
-                or not 0 <= model["dropout"] < 1:
-            raise bad(f"model.dropout is {model['dropout']!r}, not a number in [0, 1)")
-        if not isinstance(model["bias"], bool):
-            raise bad(f"model.bias is {model['bias']!r}, not true or false")
-        task = d.get("task")
+        model = check_shape(d.get("model"), where)
+        task, tokenizer, labels = d.get("task"), d.get("tokenizer"), d.get("labels")
         if task not in ("lm", "cls") or (task == "cls") != (model["n_classes"] > 0):
-            raise bad(f"task {task!r} does not fit n_classes {model['n_classes']}")
-        tokenizer = d.get("tokenizer")
+            raise UserError(f"{where} is damaged: task {task!r} does not fit n_classes "
+                            f"{model['n_classes']}")
         if not isinstance(tokenizer, dict) or tokenizer.get("type") not in ("char", "gpt2"):
-            raise bad("it names no tokenizer (expected {'type': 'gpt2'} or {'type': 'char', ...})")
-        chars = tokenizer.get("chars")
-        if tokenizer["type"] == "char" and not (isinstance(chars, str)
-                                                and len(set(chars)) == len(chars)
-                                                == model["vocab_size"]):
-            raise bad(f"its character vocabulary is not vocab_size {model['vocab_size']} distinct "
-                      "characters")
-        labels = d.get("labels")
-        if task == "cls" and not (isinstance(labels, list) and len(labels) == model["n_classes"]
-                                  and all(isinstance(label, str) for label in labels)):
-            raise bad(f"a classifier with {model['n_classes']} classes needs as many label names")
+            raise UserError(f"{where} is damaged: it names no tokenizer")
+        if task == "cls" and not (isinstance(labels, list) and len(labels) == model["n_classes"]):
+            raise UserError(f"{where} is damaged: a classifier with {model['n_classes']} classes "
+                            "needs as many label names")
         names = {f.name for f in fields(cls)}
         return cls(**{**{k: v for k, v in d.items() if k in names}, "model": model})
 
@@ -141,12 +134,12 @@ def unwrap(model):
 
 
 def remove(path):
-    """Remove a file, a directory tree, or a symbolic link itself (never what it points to)."""
+    """Remove a file or a directory tree, if it is there."""
     path = Path(path)
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.exists():
+    if path.is_dir():
         shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def usual_permissions(directory):
@@ -180,7 +173,7 @@ def write_directory(directory, fill):
         except BaseException:
             remove(tmp)
             raise
-        if directory.exists() or directory.is_symlink():
+        if directory.exists():
             remove(old)
             os.replace(directory, old)
         os.replace(tmp, directory)
@@ -247,18 +240,13 @@ def read_sums(directory):
     """{file name: sha256} from a checkpoint's SHA256SUMS. Missing or garbled, the checkpoint is
     damaged: checks fail closed."""
     path = Path(directory) / SUMS
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
+    if not path.is_file():
         raise UserError(f"{directory} is damaged: it has no {SUMS}, so its files cannot be "
-                        "checked") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is unreadable ({e}); the checkpoint is damaged") from None
+                        "checked")
     sums = {}
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         digest, _, name = line.partition("  ")
-        valid = len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)
-        if not valid or not name or "/" in name or name in (".", ".."):
+        if len(digest) != 64 or not name:
             raise UserError(f"{path} is damaged: line {number} is not '<sha256>  <file name>'")
         sums[name] = digest
     return sums
@@ -280,53 +268,18 @@ def verify(directory, name):
 
 def read_info(directory):
     """The checked CheckpointInfo of a checkpoint directory."""
-    path = Path(directory) / CONFIG
     verify(directory, CONFIG)
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path} is unreadable ({e}); the checkpoint is damaged") from None
-    return CheckpointInfo.from_dict(d, path)
-
-
-def check_header(path, shape):
-    """Check a safetensors file's header (cheap to read: no tensor is loaded) against the model's
-    shape from config.json, so that the sizes there are the file's own before anything is built:
-    the embeddings' shapes, the number of blocks, the classifier's head, floating-point tensors."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype())
-                      for k in f.keys()}
-    except (SafetensorError, OSError) as e:
-        raise UserError(f"{path} is not a readable safetensors file ({e}); the checkpoint is "
-                        "damaged") from None
-    C = shape["n_embd"]
-    wanted = {"transformer.wte.weight": (shape["vocab_size"], C),
-              "transformer.wpe.weight": (shape["block_size"], C)}
-    if shape["n_classes"]:
-        wanted["score.weight"] = (shape["n_classes"], C)
-    for name, want in wanted.items():
-        got = header.get(name, (None,))[0]
-        if got != want:
-            raise UserError(f"{path}: {name} has shape {got}, its config.json says {want}; the "
-                            "checkpoint is damaged")
-    blocks = {k.split(".")[2] for k in header if k.startswith("transformer.h.")}
-    if len(blocks) != shape["n_layer"]:
-        raise UserError(f"{path} holds {len(blocks)} blocks, its config.json says n_layer "
-                        f"{shape['n_layer']}; the checkpoint is damaged")
-    for name, (_, dtype) in header.items():
-        if dtype not in ("F64", "F32", "F16", "BF16"):
-            raise UserError(f"{path}: {name} holds {dtype} numbers, not floating-point weights")
+    path = Path(directory) / CONFIG
+    return CheckpointInfo.from_dict(read_json(path), path)
 
 
 def read_checkpoint(path):
     """(CheckpointInfo, {name: float32 tensor}) of a checkpoint directory, or of a run directory
     (its best/, else its last/): every file checked against SHA256SUMS, the shape in config.json
-    bounded and checked against the weights' header. train.load_model builds the model."""
+    bounded. train.load_model builds the model (and checks the tensors' shapes against it)."""
     directory = find_checkpoint(path)
     info = read_info(directory)
     verify(directory, WEIGHTS)
-    check_header(directory / WEIGHTS, info.model)
     try:
         state = load_file(str(directory / WEIGHTS))
     except (SafetensorError, OSError) as e:
@@ -348,7 +301,7 @@ def load_train_state(directory, counters=()):
     except Exception as e:
         raise UserError(f"{path} is unreadable ({type(e).__name__}); the checkpoint is "
                         "damaged") from None
-    parts = ("optimizer", "sampler", "rng", "scaler", "log_bytes", "log_sha256", *counters)
+    parts = ("optimizer", "sampler", "rng", "scaler", "log_bytes", *counters)
     missing = [k for k in parts if not isinstance(state, dict) or k not in state]
     if missing:
         raise UserError(f"{path} has no {missing[0]} state: the checkpoint is damaged")

@@ -21,7 +21,6 @@ import dataclasses
 import difflib
 import math
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -83,10 +82,6 @@ def with_defaults(cls, defaults, helps=None):
     return dataclasses.dataclass(type(cls.__name__, (cls,), namespace))
 
 
-_COMPARISON = re.compile(r"(>=|>|<=|<)\s*(\S+)")
-_INTERVAL = re.compile(r"([\[(])\s*(\S+),\s*(\S+)\s*([\])])")
-
-
 def satisfies(value, rule):
     """Does value satisfy rule (see setting)? A tuple value satisfies a choice rule when each of
     its items does."""
@@ -96,20 +91,18 @@ def satisfies(value, rule):
         return bool(value)
     if isinstance(rule, tuple):
         return all(v in rule for v in value) if isinstance(value, tuple) else value in rule
-    if m := _COMPARISON.fullmatch(rule):
-        bound = _number(m.group(2))
-        holds = {">=": value >= bound, ">": value > bound, "<=": value <= bound, "<": value < bound}
-        return holds[m.group(1)]
-    m = _INTERVAL.fullmatch(rule)
-    low, high = _number(m.group(2)), _number(m.group(3))
-    above = value >= low if m.group(1) == "[" else value > low
-    below = value <= high if m.group(4) == "]" else value < high
-    return above and below
+    if rule[0] in "[(":  # an interval: "[0, 1)"
+        low, high = (_number(bound) for bound in rule[1:-1].split(","))
+        above = value >= low if rule[0] == "[" else value > low
+        return above and (value <= high if rule[-1] == "]" else value < high)
+    op, bound = rule.split()  # a comparison: ">= 1"
+    return {">=": value >= _number(bound), ">": value > _number(bound)}[op]
 
 
 def _number(text):
     """A rule's bound: an integer stays one, so that 2**63 is not within [0, 2**63 - 1] (a float
     rounds that bound up to 2**63)."""
+    text = text.strip()
     return int(text) if text.lstrip("-").isdigit() else float(text)
 
 
@@ -118,7 +111,7 @@ def describe(rule):
         return "given"
     if isinstance(rule, tuple):
         return "one of " + ", ".join(str(v) if v != "" else "''" for v in rule)
-    return rule if _COMPARISON.fullmatch(rule) else f"in {rule}"
+    return f"in {rule}" if rule[0] in "[(" else rule
 
 
 def check_value(name, value, expected, rule=None, help=""):
@@ -243,9 +236,6 @@ def _parser(config_class, fields, positional, description, prog):
         several = dict(nargs="+", action="extend") if kind is tuple else {}
         parser.add_argument(f"--{name}", default=argparse.SUPPRESS, metavar=metavars[kind],
                             help=_help(field), **several)
-    for old, new in getattr(config_class, "ALIASES", {}).items():
-        parser.add_argument(f"--{old}", dest=new, default=argparse.SUPPRESS, metavar="...",
-                            help=f"the older name of --{new}")
     return parser
 
 
@@ -277,10 +267,8 @@ def parse_config(config_class, argv=None, description=None, prog=None):
     file's schedule length behind."""
     fields = {f.name: f for f in dataclasses.fields(config_class)}
     positional = getattr(config_class, "POSITIONAL", None)
-    aliases = getattr(config_class, "ALIASES", {})  # an older name -> the setting's name now
     parser = _parser(config_class, fields, positional, description, prog)
     flags = {f"--{name}" for name, f in fields.items() if _type_of(f) is bool}
-    flags |= {f"--{old}" for old, new in aliases.items() if f"--{new}" in flags}
     argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     bare = {f"--{name}": f.metadata["bare"] for name, f in fields.items()
             if f.metadata.get("bare") is not None}
@@ -294,7 +282,6 @@ def parse_config(config_class, argv=None, description=None, prog=None):
     values = {}
     for path in getattr(args, "config_files", []):
         for key, value in read_config_file(path).items():
-            key = aliases.get(key, key)
             if key not in fields:
                 raise UserError(f"unknown key '{key}' in {path}{did_you_mean(key, fields)}")
             values[key] = value

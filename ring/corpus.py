@@ -1,91 +1,41 @@
 """
 Corpora of documents into token shards, at any size: the machinery behind data.prepare_lm_data.
 
-    open_shard(path)                      an llm.c .bin shard's tokens, as a checked memmap
-    read_documents(source, text_column)   the documents of a file or folder, streamed, in order
-    write_shards(documents, ...)          documents -> train/val shards + manifest.json, resumable
-    check_shards(directory, manifest)     every shard there, whole and unchanged (sha256)
-
-The shard format is llm.c's (dev/data/data_common.py), which the community's pre-tokenized FineWeb
-uses: a header of 256 little-endian int32 values [20240520, 1, n_tokens, 0, ...], then n_tokens
-uint16 token ids. A preparation streams: documents are read one batch at a time, tokenized in
-parallel (tiktoken's batch encoding runs on threads, in order), turned into uint16 at once and
-appended to the shard being written, so memory stays flat however large the corpus. The output is
-the same bytes for any number of workers. It writes into <out>.partial/ and records its progress
-each time a shard is complete, so an interrupted preparation resumes there; the directory is renamed
-into place, manifest.json last, only when everything is written. Bad input is one line, and then
-nothing half-written is left behind.
+data.py holds the rules (which split a document goes to, the tokens it becomes, the shard format)
+and does it all in memory in a few lines (data.prepare_in_memory); this module follows the same
+rules at any size. Documents are read one batch at a time, tokenized on threads (tiktoken's batch
+encoding keeps their order), and appended to the shard being written, so memory stays flat however
+large the corpus and the bytes are the same for any number of workers. It writes into
+<out>.partial/, locked against a second preparation, and records its progress each time a shard is
+complete, so an interrupted preparation resumes there; the directory is renamed into place,
+manifest.json last, only when everything is written. Bad input is one line, and then nothing
+half-written is left behind. A folder of .bin shards is indexed in place, its token ids checked.
 """
 
-import csv
-import gzip
 import hashlib
-import io
 import json
 import os
 import shutil
 import sys
 import time
+from collections import namedtuple
 from pathlib import Path
 
 import numpy as np
 
 from ring.config import UserError
-from ring.download import sha256_of
-from ring.tables import json_lines, pick_columns, table_texts
+from ring.download import LISTING, sha256_of
+from ring.files import read_json, write_file
+from ring.rundir import release_lock, take_lock
+from ring.tables import open_text, pick_columns, table_kind, table_rows, table_texts
 
-SHARD_MAGIC, SHARD_VERSION = 20240520, 1
-HEADER_INTS = 256
-HEADER_BYTES = HEADER_INTS * 4
 MANIFEST = "manifest.json"
-TABLE_KINDS = ("jsonl", "csv", "tsv")
+FORMAT = 2  # bump when what a preparation holds changes
+SHARD_TOKENS = 100_000_000  # as FineWeb's shards: 200 MB files
 
-# --------------------------------------------------------------------------------------------------
-# The shard format
-
-
-def shard_header(n_tokens):
-    header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[:3] = SHARD_MAGIC, SHARD_VERSION, n_tokens
-    return header.tobytes()
-
-
-def open_shard(path):
-    """The tokens of a .bin shard as a read-only uint16 memmap, after checking that its header is
-    llm.c's and that the file holds exactly the tokens the header announces."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        header = np.fromfile(path, dtype="<i4", count=HEADER_INTS) if size >= HEADER_BYTES else []
-    except OSError as e:
-        raise UserError(f"cannot read the shard {path} ({e.strerror})") from None
-    if len(header) < 3 or header[0] != SHARD_MAGIC or header[1] != SHARD_VERSION:
-        raise UserError(f"{path} is not a token shard (llm.c's .bin: a 256-int32 header starting "
-                        f"{SHARD_MAGIC}, {SHARD_VERSION}, then uint16 tokens)")
-    n_tokens = int(header[2])
-    if n_tokens < 0 or size != HEADER_BYTES + 2 * n_tokens:
-        raise UserError(f"{path}: its header announces {n_tokens:,} tokens but the file holds "
-                        f"{(size - HEADER_BYTES) / 2:,.1f}; the shard is truncated or damaged")
-    if n_tokens == 0:
-        return np.zeros(0, dtype=np.uint16)
-    return np.memmap(path, dtype=np.uint16, mode="r", offset=HEADER_BYTES, shape=(n_tokens,))
-
-
-def check_shards(directory, manifest, hashed=True):
-    """Check every shard the manifest lists: there, with its header and size, holding its token
-    count, and (hashed) with its sha256 (about 15 s for FineWeb's 20 GB, once per run; a shard just
-    written was hashed as it was). Any difference is one line."""
-    directory = Path(directory)
-    for shard in manifest["shards"]:
-        path = Path(shard["path"]) if "path" in shard else directory / shard["name"]
-        if not path.is_file():
-            raise UserError(f"{path} is missing: the prepared data in {directory} is incomplete; "
-                            "delete it and prepare it again")
-        if len(open_shard(path)) != shard["tokens"] or (hashed and
-                                                        sha256_of(path) != shard["sha256"]):
-            raise UserError(f"{path} is damaged: its token count or sha256 is not the one in "
-                            f"{directory / MANIFEST}; delete it and prepare (or download) it again")
-
+# data.py's rules: split_documents(texts, val_fraction, one_text) -> (text, split, starts a
+# document); document_tokens(ids, eot) -> uint16 array; shard_header(n) -> bytes; read_shard(path).
+Rules = namedtuple("Rules", "split_documents document_tokens shard_header read_shard")
 
 # --------------------------------------------------------------------------------------------------
 # Documents
@@ -93,143 +43,69 @@ def check_shards(directory, manifest, hashed=True):
 
 def source_files(source):
     """The files of a corpus, in the order their documents are read: a file, or a folder's .txt
-    files (one document each) or .bin shards, sorted by path."""
+    files (one document each) or .bin shards, sorted by path. Links to folders are not followed
+    (a note says how many were left out)."""
     source = Path(source)
     if source.is_file():
         return [source]
     if not source.is_dir():
         raise UserError(f"{source} is neither a file nor a folder")
+    found, linked = [], 0
+    for folder, folders, names in os.walk(source):
+        linked += sum(os.path.islink(os.path.join(folder, name)) for name in folders)
+        found += [Path(folder) / name for name in names]
+    if linked:
+        print(f"note: {linked} linked folders in {source} were not followed", file=sys.stderr)
     for suffix in (".txt", ".bin"):
-        files = sorted(p for p in source.rglob(f"*{suffix}") if p.is_file())
+        files = sorted(p for p in found if p.suffix == suffix and p.is_file())
         if files:
             return files
     raise UserError(f"{source} holds no .txt files (one document each) and no .bin shards")
 
 
-def table_kind(path):
-    """'jsonl', 'csv' or 'tsv' for a table of documents (optionally .gz), else None."""
-    kind = Path(path).name.lower().removesuffix(".gz").rsplit(".", 1)[-1]
-    return kind if kind in TABLE_KINDS else None
-
-
-class Reading:
-    """The raw bytes of a source as they are read: their sha256 (the source's identity, recorded
-    in the manifest) and how far the reading has got (for the progress line)."""
-
-    def __init__(self, total_bytes):
-        self.sha256, self.done, self.total = hashlib.sha256(), 0, total_bytes
-
-    def open(self, path, newline=""):
-        """path opened for reading as text, every byte counted and hashed on the way."""
-        raw = _Counted(open(path, "rb"), self)
-        binary = gzip.GzipFile(fileobj=raw) if path.name.lower().endswith(".gz") else raw
-        return io.TextIOWrapper(io.BufferedReader(binary) if binary is raw else binary,
-                                encoding="utf-8", newline=newline)
-
-
-class _Counted(io.RawIOBase):
-    def __init__(self, f, reading):
-        self.f, self.reading = f, reading
-
-    def readable(self):
-        return True
-
-    def readinto(self, buffer):
-        n = self.f.readinto(buffer)
-        self.reading.sha256.update(memoryview(buffer)[:n])
-        self.reading.done += n
-        return n
-
-    def close(self):
-        self.f.close()
-        super().close()
-
-
-def read_documents(files, reading, text_column=""):
+def read_documents(files, text_column, reading):
     """Yield every document of the corpus's files, in order: a .txt file is one document; a .jsonl,
     .csv or .tsv (optionally .gz) table one document per row, its text_column(s) (guessed when
-    empty; several, comma separated, are joined with a newline). Any problem with a file is one
-    line naming it and the line."""
+    empty; several, comma separated, are joined with a newline). reading["bytes"] counts the bytes
+    read so far, for the progress line."""
     for path in files:
-        kind = table_kind(path)
-        try:
-            # a .txt file is read as Python reads text (\r\n becomes \n); a table's fields keep
-            # their line breaks as the csv module needs
-            with reading.open(path, newline=None if kind is None else "") as f:
-                if kind is None:
+        with open_text(path, newline=None if table_kind(path) is None else "") as f:
+            reading["file"] = f.raw_file
+            if table_kind(path) is None:  # read as Python reads text: \r\n becomes \n
+                try:
                     yield f.read()
-                elif kind == "jsonl":
-                    yield from _jsonl_documents(f, path, text_column)
-                else:
-                    yield from _delimited_documents(f, path, kind, text_column)
-        except UnicodeDecodeError as e:
-            raise UserError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start} of a chunk); "
-                            "convert it to UTF-8 first") from None
-        except (OSError, EOFError) as e:  # EOFError, BadGzipFile: a cut or damaged .gz
-            raise UserError(f"cannot read {path} ({getattr(e, 'strerror', None) or e})") from None
-
-
-def _jsonl_documents(f, path, text_column):
-    columns = None
-    for number, row in json_lines(f):
-        if row is None:
-            raise UserError(f"{path}: line {number} is not a JSON object; each line must be one")
-        if columns is None:
-            columns, _ = pick_columns(list(row), text_column, None, path, need_label=False)
-        missing = [c for c in columns if c not in row]
-        if missing:
-            raise UserError(f"{path}: line {number} has no '{missing[0]}' (its keys: "
-                            f"{', '.join(list(row)[:8])})")
-        yield table_texts(row, columns)
-
-
-def _delimited_documents(f, path, kind, text_column):
-    csv.field_size_limit(2**31 - 1)  # a long article is a valid field (see tables.read_table)
-    if kind == "csv":
-        reader = csv.reader(f, strict=True)
-    else:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-    try:
-        header = next(reader, None)
-        if header is None:
-            raise UserError(f"{path} is empty")
-        columns, _ = pick_columns(header, text_column, None, path, need_label=False)
-        for fields in reader:
-            if not fields:
-                continue
-            if len(fields) != len(header):
-                raise UserError(f"{path}: line {reader.line_num} has {len(fields)} fields, the "
-                                f"header {len(header)} ({', '.join(header)})")
-            yield table_texts(dict(zip(header, fields)), columns)
-    except csv.Error as e:
-        raise UserError(f"{path}: malformed {kind.upper()} at line {reader.line_num} "
-                        f"({e})") from None
+                except UnicodeDecodeError as e:
+                    raise UserError(f"{path} is not UTF-8 text (byte {e.start} of a chunk); "
+                                    "convert it to UTF-8 first") from None
+            else:
+                columns = None
+                for number, row in table_rows(f, path):
+                    if columns is None:
+                        columns, _ = pick_columns(list(row), text_column, None, path, False)
+                    missing = [c for c in columns if c not in row]
+                    if missing:
+                        raise UserError(f"{path}: line {number} has no '{missing[0]}' (its keys: "
+                                        f"{', '.join(list(row)[:8])})")
+                    yield table_texts(row, columns)
+        reading["bytes"] += path.stat().st_size
 
 
 # --------------------------------------------------------------------------------------------------
 # Writing shards
 
 
-def held_out(text, val_fraction, seed):
-    """Is this document in the validation split? A seeded hash of its text decides: the same
-    documents every time, whatever the order or the number of workers, and a document repeated in
-    the corpus lands in one split only."""
-    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8,
-                             key=seed.to_bytes(8, "little")).digest()
-    return int.from_bytes(digest, "little") < val_fraction * 2**64
-
-
 class ShardWriter:
     """The shards of one split: tokens are appended to the shard being written, which is closed,
     hashed and renamed into place when it holds shard_tokens tokens."""
 
-    def __init__(self, directory, split, shard_tokens, done=(), open_tokens=0):
+    def __init__(self, directory, split, shard_tokens, header, done=(), open_tokens=0):
         self.directory, self.split, self.shard_tokens = directory, split, shard_tokens
+        self.header = header  # data.shard_header
         self.done = list(done)  # [{"name", "split", "tokens", "sha256"}] of the complete shards
         self.file, self.count = None, 0
         if open_tokens:  # resuming: the open shard as it was when progress was recorded
             self.file = open(self.tmp, "r+b")
-            self.file.truncate(HEADER_BYTES + 2 * open_tokens)
+            self.file.truncate(len(header(0)) + 2 * open_tokens)
             self.file.seek(0, os.SEEK_END)
             self.count = open_tokens
 
@@ -246,9 +122,8 @@ class ShardWriter:
         completed = 0
         while len(ids):
             if self.file is None:
-                self.file = open(self.tmp, "wb")
-                self.file.write(shard_header(0))
-                self.count = 0
+                self.file, self.count = open(self.tmp, "wb"), 0
+                self.file.write(self.header(0))
             room = self.shard_tokens - self.count
             self.file.write(ids[:room].tobytes())
             self.count += min(room, len(ids))
@@ -263,7 +138,7 @@ class ShardWriter:
         if self.file is None:
             return
         self.file.seek(0)
-        self.file.write(shard_header(self.count))
+        self.file.write(self.header(self.count))
         self.file.close()
         self.file, tmp, path = None, self.tmp, self.directory / self.name
         if self.count == 0:
@@ -273,10 +148,6 @@ class ShardWriter:
         self.done.append({"name": path.name, "split": self.split, "tokens": self.count,
                           "sha256": sha256_of(path)})
         self.count = 0
-
-    def flush(self):
-        if self.file is not None:
-            self.file.flush()
 
     def abandon(self):
         if self.file is not None:
@@ -289,12 +160,12 @@ class ShardWriter:
 
 
 def batches(documents, max_chars=1 << 22):
-    """(document, last) pairs in lists of about max_chars characters (4 M: enough to keep every
-    worker busy, little enough to keep memory flat)."""
+    """Documents in lists of about max_chars characters (4 M: enough to keep every worker busy,
+    little enough to keep memory flat)."""
     batch, size = [], 0
-    for item in documents:
-        batch.append(item)
-        size += len(item[0][0])
+    for document in documents:
+        batch.append(document)
+        size += len(document[0])
         if size >= max_chars:
             yield batch
             batch, size = [], 0
@@ -302,96 +173,48 @@ def batches(documents, max_chars=1 << 22):
         yield batch
 
 
-def write_shards(out, documents, encode_batch, reading, *, eot, shard_tokens, val_fraction, seed,
-                 identity, extra=None):
-    """Tokenize documents into out/{train,val}_NNNNNN.bin and out/manifest.json; returns the
-    manifest.
-
-    documents: (text, split, first) triples in order. split is "train", "val" or None (held_out()
-    decides; if no document has gone to validation by the last one, that one does, so validation is
-    never empty); first says whether the text starts a document, which then begins with eot (when
-    eot is not None). encode_batch(texts) -> token lists, in order. identity (the source, tokenizer
-    and options, a dict) and extra are recorded in the manifest."""
-    out = Path(out)
-    partial = out.with_name(out.name + ".partial")
-    progress = _resume_point(partial, identity)
-    partial.mkdir(parents=True, exist_ok=True)
-    writers = {split: ShardWriter(partial, split, shard_tokens, progress["shards"][split],
-                                  progress["open"][split]) for split in ("train", "val")}
-    counts = {"train": 0, "val": 0}
-    skip = progress["documents"]  # documents already in the shards: read again, not tokenized
-    clock = _Progress(reading)
-    index = 0
+def write_shards(partial, documents, encode_batch, rules, eot, shard_tokens, progress, show):
+    """Tokenize documents ((text, split, starts a document), as rules.split_documents gives them)
+    into partial/{train,val}_NNNNNN.bin, from where progress (_resume_point's) says; returns the
+    writers and the documents of each split. encode_batch(texts) -> token lists, in order."""
+    writers = {split: ShardWriter(partial, split, shard_tokens, rules.shard_header,
+                                  progress["shards"][split], progress["open"][split])
+               for split in ("train", "val")}
+    counts, skip, index = {"train": 0, "val": 0}, progress["documents"], 0
     try:
-        for group in batches(_with_last(documents)):
-            splits = []
-            for (text, split, first), last in group:
-                if split is None:
-                    held = held_out(text, val_fraction, seed) or (last and not counts["val"])
-                    split = "val" if held else "train"
-                splits.append(split)
-                counts[split] += first
-            todo = [i for i in range(len(group)) if index + i >= skip]
-            encoded = encode_batch([group[i][0][0] for i in todo]) if todo else []
-            for i, ids in zip(todo, encoded):
-                first = group[i][0][2]
-                array = np.asarray([eot, *ids] if first and eot is not None else ids, np.uint16)
-                if writers[splits[i]].add(array):  # a shard completed: a point to resume from
-                    _save_progress(partial, identity, writers, index + i + 1)
+        for group in batches(documents):
+            for _, split, starts in group:
+                counts[split] += starts
+            todo = [i for i in range(len(group)) if index + i >= skip]  # not in the shards yet
+            for i, ids in zip(todo, encode_batch([group[i][0] for i in todo]) if todo else []):
+                _, split, starts = group[i]
+                if writers[split].add(rules.document_tokens(ids, eot if starts else None)):
+                    _save_progress(partial, progress["identity"], writers, index + i + 1)
             index += len(group)
-            clock.show(writers)
+            show(writers)
         for writer in writers.values():
             writer.close()
-    except UserError:  # bad input: nothing half-written is left
-        for writer in writers.values():
-            writer.abandon()
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    except BaseException:  # interrupted, or the disk is full: complete shards stay, to resume
-        for writer in writers.values():
-            writer.abandon()
-        raise
     finally:
-        clock.end()
-    if not writers["train"].tokens or not writers["val"].tokens:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise UserError(f"{identity['source']} holds no document, or too little text for a train "
-                        "and a validation split: there is nothing to learn from")
-    manifest = {**identity, **(extra or {}), "identity": identity,
-                "source_sha256": reading.sha256.hexdigest(), "documents": counts,
-                "train_tokens": writers["train"].tokens, "val_tokens": writers["val"].tokens,
-                "shards": writers["train"].done + writers["val"].done}
-    (partial / "progress.json").unlink(missing_ok=True)
-    write_atomically(partial / MANIFEST, json.dumps(manifest, indent=1).encode())
-    if out.exists():
-        shutil.rmtree(out)  # an earlier preparation of the same name whose files have changed
-    os.replace(partial, out)
-    return manifest
-
-
-def _with_last(documents):
-    """(document, is it the last one) for each document: one document of lookahead."""
-    previous = None
-    for text in documents:
-        if previous is not None:
-            yield previous, False
-        previous = text
-    if previous is not None:
-        yield previous, True
+        for writer in writers.values():
+            writer.abandon()
+    return writers, counts
 
 
 def _resume_point(partial, identity):
-    """Where an interrupted preparation of the same source and options stopped, else the start."""
-    start = {"documents": 0, "shards": {"train": [], "val": []}, "open": {"train": 0, "val": 0}}
+    """Where an interrupted preparation of the same source and options stopped, else the start
+    (and then whatever partial/ holds goes)."""
+    start = {"identity": identity, "documents": 0, "shards": {"train": [], "val": []},
+             "open": {"train": 0, "val": 0}}
     try:
-        saved = json.loads((partial / "progress.json").read_text())
-    except (OSError, ValueError):
-        shutil.rmtree(partial, ignore_errors=True)
+        saved = read_json(partial / "progress.json")
+    except UserError:
+        saved = None
+    if saved is None or saved.get("identity") != identity:
+        for path in partial.iterdir():
+            if path.name != ".lock":
+                path.unlink()
         return start
-    if not isinstance(saved, dict) or saved.get("identity") != identity:
-        shutil.rmtree(partial, ignore_errors=True)
-        return start
-    kept = {"progress.json"}
+    kept = {"progress.json", ".lock"}
     for split, shards in saved["shards"].items():
         kept |= {s["name"] for s in shards}
         if saved["open"][split]:
@@ -409,32 +232,33 @@ def _save_progress(partial, identity, writers, documents):
     """Record a point to resume from, when a shard is complete: every document before `documents`
     is in the complete shards or in the open ones, whose token counts are recorded too."""
     for writer in writers.values():
-        writer.flush()
+        if writer.file is not None:
+            writer.file.flush()
     state = {"identity": identity, "documents": documents,
              "shards": {s: w.done for s, w in writers.items()},
              "open": {s: w.count for s, w in writers.items()}}
-    write_atomically(partial / "progress.json", json.dumps(state).encode())
+    write_file(partial / "progress.json", lambda f: f.write(json.dumps(state)))
 
 
-class _Progress:
+class Progress:
     """A progress line on stderr every few seconds: MB read, MB/s, tokens, ETA."""
 
-    def __init__(self, reading, every=2.0):
-        self.reading, self.every = reading, every
+    def __init__(self, reading, total, every=2.0):
+        self.reading, self.total, self.every = reading, total, every
         self.start = self.last = time.time()
         self.shown = False
 
-    def show(self, writers):
+    def __call__(self, writers):
         now = time.time()
         if now - self.last < self.every:
             return
         self.last, self.shown = now, True
-        done, total = self.reading.done, self.reading.total
+        done = self.reading["bytes"] + self.reading["file"].tell()
         speed = done / max(now - self.start, 1e-9)
-        eta = (total - done) / speed if speed > 0 and total else 0
+        eta = (self.total - done) / speed if speed > 0 else 0
         tokens = sum(w.tokens for w in writers.values())
-        sys.stderr.write(f"\r  {done / 1e6:9.1f} / {total / 1e6:.1f} MB  {speed / 1e6:6.1f} MB/s  "
-                         f"{tokens / 1e6:8.1f}M tokens  ETA {eta:5.0f} s")
+        sys.stderr.write(f"\r  {done / 1e6:9.1f} / {self.total / 1e6:.1f} MB  {speed / 1e6:6.1f} "
+                         f"MB/s  {tokens / 1e6:8.1f}M tokens  ETA {eta:5.0f} s")
         sys.stderr.flush()
 
     def end(self):
@@ -442,24 +266,12 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def write_atomically(path, data):
-    """Write bytes to path through a temporary file renamed into place (never through a link)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------------------------------
 # Preparing a dataset, once
 
-FORMAT = 1  # bump when what a preparation holds changes
-SHARD_TOKENS = 100_000_000  # as FineWeb's shards: 200 MB files
 
-
-def prepare(source, tokenizer, data_dir, make_tokenizer, val_fraction, text_column, workers, seed,
-            shard_tokens=SHARD_TOKENS, verify=True):
+def prepare(source, tokenizer, data_dir, rules, make_tokenizer, *, val_fraction, text_column,
+            workers, shard_tokens=SHARD_TOKENS, verify=True):
     """data.prepare_lm_data's machinery: (directory, manifest) of the shards of source, prepared in
     data_dir/<name>-<tokenizer>-<key>/ unless an earlier preparation of the same files (by path,
     size and modification time) and options is there, and checked either way (verify: its shards'
@@ -470,7 +282,6 @@ def prepare(source, tokenizer, data_dir, make_tokenizer, val_fraction, text_colu
     source = Path(source)
     files = source_files(source)
     fingerprint = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-    total = sum(size for _, size, _ in fingerprint)
     if files[0].suffix == ".bin":  # shards are checked against their own sha256: a changed one is
         fingerprint = [str(p.resolve()) for p in files]  # damage, not a new corpus
     identity = {"source": str(source), "tokenizer": tokenizer, "val_fraction": val_fraction,
@@ -478,65 +289,101 @@ def prepare(source, tokenizer, data_dir, make_tokenizer, val_fraction, text_colu
                 "fingerprint": hashlib.sha256(json.dumps(fingerprint).encode()).hexdigest()}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
     out = Path(data_dir) / f"{source.stem}-{tokenizer['type']}-{key}"
-    manifest, fresh = read_manifest(out), False
-    if manifest is None or manifest.get("identity") != identity:
-        fresh = True
+    manifest = read_manifest(out, identity)
+    if manifest is None:
         if files[0].suffix == ".bin":
-            manifest = index_shards(out, files, tokenizer, identity)
+            manifest = index_shards(out, files, tokenizer, identity, rules)
         else:
-            manifest = tokenize_corpus(out, source, files, tokenizer, make_tokenizer, identity,
-                                       total, text_column, val_fraction, workers, seed,
-                                       shard_tokens)
-    check_shards(out, manifest, hashed=verify and not fresh)
+            manifest = tokenize_corpus(out, files, tokenizer, make_tokenizer, identity, rules,
+                                       shard_tokens, workers)
+        verify = False  # every shard was hashed as it was written or indexed
+    check_shards(out, manifest, rules, hashed=verify)
     return out, manifest
 
 
-def tokenize_corpus(out, source, files, tokenizer, make_tokenizer, identity, total, text_column,
-                    val_fraction, workers, seed, shard_tokens):
+def tokenize_corpus(out, files, tokenizer, make_tokenizer, identity, rules, shard_tokens, workers):
+    """Write the shards of a corpus of documents into out (through out.partial/, locked)."""
+    partial = out.with_name(out.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    lock = take_lock(partial, "another preparation of the same data", "finish")
+    try:
+        manifest = read_manifest(out, identity)  # it may have finished while we waited
+        if manifest is None:
+            manifest = _tokenize(out, partial, files, tokenizer, make_tokenizer, identity, rules,
+                                 shard_tokens, workers)
+    except UserError:  # bad input: nothing half-written is left
+        release_lock(partial, lock)
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    except BaseException:  # interrupted, or the disk is full: complete shards stay, to resume
+        release_lock(partial, lock)
+        raise
+    release_lock(out, lock)
+    return manifest
+
+
+def _tokenize(out, partial, files, tokenizer, make_tokenizer, identity, rules, shard_tokens,
+              workers):
+    text_column, val_fraction = identity["text_column"], identity["val_fraction"]
     if tokenizer["type"] == "char" and "chars" not in tokenizer:  # the vocabulary: a first pass
         chars = set()
-        for text in read_documents(files, Reading(total), text_column):
+        for text in read_documents(files, text_column, {"bytes": 0}):
             chars.update(text)
         tokenizer = {"type": "char", "chars": "".join(sorted(chars))}
     tok = make_tokenizer(tokenizer)
     if tok.vocab_size > 65536:
         raise UserError(f"a vocabulary of {tok.vocab_size} tokens does not fit uint16 shards")
-    reading = Reading(total)
-    texts = read_documents(files, reading, text_column)
-    if len(files) == 1 and table_kind(files[0]) is None:  # one .txt file: one document
-        documents = single_document(texts, val_fraction, source)
-    else:
-        documents = ((text, None, True) for text in texts)
-    extra = {"tokenizer": tok.to_dict(), "vocab_size": tok.vocab_size}
-    return write_shards(out, documents, lambda batch: tok.encode_batch(batch, workers), reading,
-                        eot=tok.eot_token, shard_tokens=shard_tokens, val_fraction=val_fraction,
-                        seed=seed, identity=identity, extra=extra)
+    progress = _resume_point(partial, identity)
+    reading = {"bytes": 0, "file": None}
+    one_text = len(files) == 1 and table_kind(files[0]) is None  # one .txt file: one document
+    documents = rules.split_documents(read_documents(files, text_column, reading), val_fraction,
+                                      one_text)
+    show = Progress(reading, sum(p.stat().st_size for p in files))
+    try:
+        writers, counts = write_shards(partial, documents,
+                                       lambda texts: tok.encode_batch(texts, workers), rules,
+                                       tok.eot_token, shard_tokens, progress, show)
+    finally:
+        show.end()
+    if not writers["train"].tokens or not writers["val"].tokens:
+        raise UserError(f"{identity['source']} holds no document, or too little text for a train "
+                        "and a validation split: there is nothing to learn from")
+    source_sha256 = hashlib.sha256("".join(sha256_of(p) for p in files).encode()).hexdigest()
+    manifest = {**identity, "identity": identity, "tokenizer": tok.to_dict(),
+                "vocab_size": tok.vocab_size, "source_sha256": source_sha256, "documents": counts,
+                "train_tokens": writers["train"].tokens, "val_tokens": writers["val"].tokens,
+                "shards": writers["train"].done + writers["val"].done}
+    (partial / "progress.json").unlink(missing_ok=True)
+    write_file(partial / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1)))
+    (partial / ".lock").unlink()
+    if out.exists():
+        shutil.rmtree(out)  # an earlier preparation of the same name whose files have changed
+    os.replace(partial, out)
+    return manifest
 
 
-def single_document(texts, val_fraction, source):
-    """A .txt file is one document: its first 1 - val_fraction of the characters are for training,
-    the rest (the same document continued, so no <|endoftext|> before it) for validation."""
-    text = next(texts)
-    if not text.strip():
-        raise UserError(f"{source} is empty: there is no text to learn from")
-    split = int(len(text) * (1 - val_fraction))
-    yield text[:split], "train", True
-    yield text[split:], "val", False
-
-
-def index_shards(out, files, tokenizer, identity):
+def index_shards(out, files, tokenizer, identity, rules, vocab_size=50257):
     """A folder of .bin shards, already tokenized (GPT-2 ids, as FineWeb's): checked and listed
     in a manifest of their own, in place (20 GB are not copied). Files named *val* are the
-    validation split."""
+    validation split. A shard must have the hub's sha256 when the folder holds the hub's listing
+    (a shard damaged on disk is found), and its ids must be GPT-2's."""
     if tokenizer["type"] != "gpt2":
         raise UserError(f"{identity['source']} holds .bin shards of GPT-2 token ids; use "
                         "--tokenizer=gpt2")
+    listing = files[0].parent / LISTING
+    hub = {k: v[1] for k, v in read_json(listing).items()} if listing.is_file() else {}
     shards = []
     for path in files:
-        tokens = open_shard(path)
-        split = "val" if "val" in path.name else "train"
-        shards.append({"path": str(path.resolve()), "name": path.name, "split": split,
-                       "tokens": len(tokens), "sha256": sha256_of(path)})
+        tokens = rules.read_shard(path)
+        if len(tokens) and int(tokens.max()) >= vocab_size:
+            raise UserError(f"{path} holds token id {int(tokens.max())}, outside GPT-2's "
+                            f"vocabulary of {vocab_size}: it is not a shard of GPT-2 tokens")
+        sha256 = sha256_of(path)
+        if hub.get(path.name) not in (None, sha256):
+            raise UserError(f"{path} is damaged: its sha256 is not the one the hub lists in "
+                            f"{listing}; delete it to download it again")
+        shards.append({"path": str(path.resolve()), "name": path.name, "tokens": len(tokens),
+                       "split": "val" if "val" in path.name else "train", "sha256": sha256})
     counts = {split: sum(s["tokens"] for s in shards if s["split"] == split)
               for split in ("train", "val")}
     if not counts["val"] or not counts["train"]:
@@ -544,25 +391,41 @@ def index_shards(out, files, tokenizer, identity):
                         "file with 'val' in its name, e.g. fineweb_val_000000.bin)")
     digest = hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()
     manifest = {**identity, "identity": identity, "tokenizer": {"type": "gpt2"},
-                "vocab_size": 50257, "source_sha256": digest,
-                "documents": None, "train_tokens": counts["train"], "val_tokens": counts["val"],
-                "shards": shards}
+                "vocab_size": vocab_size, "source_sha256": digest, "documents": None,
+                "train_tokens": counts["train"], "val_tokens": counts["val"], "shards": shards}
     out.mkdir(parents=True, exist_ok=True)
-    write_atomically(out / MANIFEST, json.dumps(manifest, indent=1).encode())
+    write_file(out / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1)))
     return manifest
 
 
-def read_manifest(directory):
-    """A preparation's manifest.json, or None if there is none (or it is unreadable: prepared
-    again)."""
+SHARD_ENTRY = {"name": str, "split": str, "tokens": int, "sha256": str}
+
+
+def read_manifest(directory, identity):
+    """A preparation's manifest.json, if it is there, of the right shape and of this identity;
+    else None (and the data is prepared again)."""
     try:
-        manifest = json.loads((Path(directory) / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        manifest = read_json(Path(directory) / MANIFEST)
+    except UserError:
         return None
-    return manifest if isinstance(manifest, dict) else None
+    shards = manifest.get("shards")
+    good = manifest.get("identity") == identity and isinstance(shards, list) and all(
+        isinstance(s, dict) and all(isinstance(s.get(k), t) for k, t in SHARD_ENTRY.items())
+        and s["split"] in ("train", "val") for s in shards)
+    return manifest if good else None
 
 
-def open_split(directory, manifest, split):
-    """The shards of a split as memmaps, in order."""
-    return [open_shard(Path(s["path"]) if "path" in s else Path(directory) / s["name"])
-            for s in manifest["shards"] if s["split"] == split]
+def check_shards(directory, manifest, rules, hashed=True):
+    """Check every shard the manifest lists: there, with its header and size, holding its token
+    count, and (hashed) with its sha256 (about 15 s for FineWeb's 20 GB, once per run). Any
+    difference is one line."""
+    directory = Path(directory)
+    for shard in manifest["shards"]:
+        path = Path(shard["path"]) if "path" in shard else directory / shard["name"]
+        if not path.is_file():
+            raise UserError(f"{path} is missing: the prepared data in {directory} is incomplete; "
+                            "delete it and prepare it again")
+        if len(rules.read_shard(path)) != shard["tokens"] or (hashed and
+                                                             sha256_of(path) != shard["sha256"]):
+            raise UserError(f"{path} is damaged: its token count or sha256 is not the one in "
+                            f"{directory / MANIFEST}; delete it and prepare (or download) it again")

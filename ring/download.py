@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 from ring.config import UserError
+from ring.files import parse_json, read_json
 
 
 def sha256_of(path):
@@ -43,8 +44,10 @@ def _progress(done, total, start_time, start_bytes):
     sys.stderr.flush()
 
 
-def _fetch(url, part, have, size, what, timeout):
-    """Append the bytes of url after the first `have` to part (all of them when have is 0)."""
+def _fetch(url, part, have, limit, what, timeout):
+    """Append the bytes of url after the first `have` to part (all of them when have is 0), never
+    more than limit bytes in all, and never waiting more than timeout seconds for the next 64 KiB.
+    """
     request = urllib.request.Request(url, headers={"User-Agent": "minigpt2"})
     if have:
         request.add_header("Range", f"bytes={have}-")
@@ -56,13 +59,7 @@ def _fetch(url, part, have, size, what, timeout):
                 have = 0
             length = response.headers.get("Content-Length")
             expected = have + int(length) if length is not None else None
-            total = expected if expected is not None else size
-            start_time, start_bytes, done = time.time(), have, have
-            with open(part, "ab" if have else "wb") as f:
-                while chunk := response.read(1 << 20):
-                    f.write(chunk)
-                    done += len(chunk)
-                    _progress(done, total, start_time, start_bytes)
+            done = _copy(response, part, have, limit, timeout, expected or limit)
             sys.stderr.write("\n")
     except urllib.error.HTTPError as e:
         if e.code == 416 and have:  # "range not satisfiable": the .part is at least the whole file
@@ -82,27 +79,54 @@ def _fetch(url, part, have, size, what, timeout):
                         "resume")
 
 
-def download(url, dest, sha256=None, size=None, what="a local copy", timeout=30, check=None):
+def _copy(response, part, have, limit, timeout, total):
+    """Copy the response's body to part (after its first `have` bytes); returns the bytes part
+    holds. Past limit bytes the download is refused, and part removed; a server that sends less
+    than 64 KiB in timeout seconds is given up on (part kept, to resume)."""
+    start_time, done, mark = time.time(), have, (time.time(), have)
+    with open(part, "ab" if have else "wb") as f:
+        while chunk := response.read1(1 << 16):
+            done += len(chunk)
+            if limit is not None and done > limit:
+                f.close()
+                part.unlink()
+                raise UserError(f"{response.url} sends more than the {limit:,} bytes expected; "
+                                "refused")
+            f.write(chunk)
+            if done - mark[1] >= 1 << 16:
+                mark = (time.time(), done)
+            elif time.time() - mark[0] > timeout:
+                raise UserError(f"download of {response.url} made no progress for {timeout} s "
+                                f"(stopped after {done} bytes); run again to resume")
+            _progress(done, total, start_time, have)
+    return done
+
+
+def download(url, dest, sha256=None, size=None, what="a local copy", timeout=30, check=None,
+             max_bytes=None):
     """Download url to dest, resuming a partial download, checking size and sha256 when given.
 
     The bytes go to dest + '.part' and are renamed into place only when complete and verified, so
     dest is either absent or whole. An interrupted download leaves the .part file, and the next call
-    asks the server for the remaining bytes only (an HTTP Range request). On any network failure
-    this stops with one line naming the URL and saying how to use `what` instead. check(part), when
-    given, must accept the whole file (for files with no published sha256)."""
+    asks the server for the remaining bytes only (an HTTP Range request). Reading stops at size (or
+    max_bytes, for a file of unknown size): a server that sends more is refused. On any network
+    failure this stops with one line naming the URL and saying how to use `what` instead.
+    check(part), when given, must accept the whole file (for files with no published sha256)."""
     dest = Path(dest)
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
+    limit = size if size is not None else max_bytes
+    if limit is not None and have > limit:
+        part.unlink()
+        have = 0
     if size is None or have < size:  # a whole .part needs only checking (a Range request: 416)
-        _fetch(url, part, have, size, what, timeout)
+        _fetch(url, part, have, limit, what, timeout)
     if size is not None and part.stat().st_size != size:
-        got = part.stat().st_size
-        if got > size:
-            part.unlink()
-        raise UserError(f"download of {url} has {got} bytes, expected {size}; run again to resume")
+        raise UserError(f"download of {url} has {part.stat().st_size} bytes, expected {size}; run "
+                        "again to resume")
     if sha256 is not None and sha256_of(part) != sha256:
         part.unlink()  # a corrupt file must not be resumed from
         raise UserError(f"download of {url} failed its sha256 check (expected {sha256}); run again")
@@ -137,32 +161,33 @@ def hub_endpoint(endpoint=None):
     return chosen.rstrip("/")
 
 
-def hub_file_info(endpoint, repo_id, timeout=15, kind="models"):
+def hub_file_info(endpoint, repo_id, timeout=15, kind="models", max_bytes=16 << 20):
     """{file name: (size, sha256 or None)} from the hub's file list of a model (kind "models") or a
     dataset repository ("datasets"), or {} if it cannot be had.
 
     For files kept in Git LFS (the weights), the hub's API gives the sha256 of the content
-    ("lfs.oid") and its size; small files get a size only. This check is a bonus: when the API is
-    unreachable or answers something unexpected, the files are downloaded without it rather than not
-    at all."""
+    ("lfs.oid") and its size; small files get a size only. The list is read up to max_bytes, and
+    an entry that is not a file with a name and a size is left out. This check is a bonus: when
+    the API is unreachable or answers something else, the files are downloaded without it rather
+    than not at all (corpora, which need it, refuse)."""
     url = f"{endpoint}/api/{kind}/{repo_id}/tree/main"
     try:
         request = urllib.request.Request(url, headers={"User-Agent": "minigpt2"})
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            listing = json.load(response)
-        info = {}
-        for entry in listing:
-            if entry.get("type") != "file":
-                continue
-            lfs = entry.get("lfs") or {}
-            oid = lfs.get("oid")
-            sha256 = oid if isinstance(oid, str) and len(oid) == 64 else None
-            size = lfs.get("size", entry.get("size"))
-            info[entry["path"]] = (size if isinstance(size, int) else None, sha256)
-        return info
-    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError, TypeError,
-            KeyError, AttributeError):
+            body = response.read(max_bytes + 1)
+        listing = parse_json(body[:max_bytes], url, list)
+    except (urllib.error.URLError, OSError, http.client.HTTPException, UserError):
         return {}
+    info = {}
+    for entry in listing:
+        lfs = (entry.get("lfs") if isinstance(entry, dict) else None) or {}
+        if not (isinstance(entry, dict) and entry.get("type") == "file"
+                and isinstance(entry.get("path"), str) and isinstance(lfs, dict)):
+            continue
+        oid, size = lfs.get("oid"), lfs.get("size", entry.get("size"))
+        sha256 = oid if isinstance(oid, str) and len(oid) == 64 else None
+        info[entry["path"]] = (size if type(size) is int and size >= 0 else None, sha256)
+    return info
 
 
 def download_from_hub(name, endpoint, cache, check_config):
@@ -195,7 +220,8 @@ def fetch_hub_corpus(name, directory, tokens_needed=0, shards=0, endpoint=None):
     """directory, holding the validation shard and the first training shards of a pre-tokenized
     corpus on the hub: as many as hold tokens_needed tokens (or `shards` of them; at least one),
     each checked against the hub's size and sha256. Downloads resume after a cut; shards already
-    there are not fetched again."""
+    there are not fetched again (and are checked against the listing, kept beside them, when the
+    folder is indexed: ring/corpus.py)."""
     repo, endpoint, directory = HUB_CORPORA[name], hub_endpoint(endpoint), Path(directory)
     url = f"{endpoint}/api/datasets/{repo}/tree/main"
     info = hub_file_info(endpoint, repo, kind="datasets")
@@ -204,70 +230,59 @@ def fetch_hub_corpus(name, directory, tokens_needed=0, shards=0, endpoint=None):
         tmp = directory / f".{LISTING}.tmp{os.getpid()}"
         tmp.write_text(json.dumps(info))
         os.replace(tmp, directory / LISTING)
+    elif (directory / LISTING).is_file():  # offline: the list saved by an earlier download
+        info = {k: tuple(v) for k, v in read_json(directory / LISTING).items()}
     else:
-        try:  # offline: the list saved by an earlier download
-            info = {k: tuple(v) for k, v in json.loads((directory / LISTING).read_text()).items()}
-        except (OSError, ValueError, TypeError, AttributeError):
-            raise UserError(f"cannot get the file list of {repo} ({url}); connect, set "
-                            "MINIGPT2_HF_ENDPOINT to a mirror, or download its .bin files "
-                            "elsewhere and pass their folder as --dataset") from None
+        raise UserError(f"cannot get the file list of {repo} ({url}); connect, set "
+                        "MINIGPT2_HF_ENDPOINT to a mirror, or download its .bin files elsewhere "
+                        "and pass their folder as --dataset")
     shard_files = sorted(f for f in info if f.endswith(".bin") and "/" not in f)
     val = [f for f in shard_files if "_val_" in f][:1]
     train = [f for f in shard_files if "_train_" in f]
     if not val or not train:
         raise UserError(f"{url} lists no _val_ and _train_ .bin shards; is {repo} a corpus?")
-    chosen, tokens = [], 0
-    for f in train:
-        if chosen and (len(chosen) >= shards if shards else tokens >= tokens_needed):
-            break
-        chosen.append(f)
-        size = info[f][0]
-        tokens += (size - 1024) // 2 if isinstance(size, int) else 0
     what = (f"the files from {endpoint}/datasets/{repo} in a folder, as --dataset=FOLDER (or "
             "set MINIGPT2_HF_ENDPOINT to a mirror)")
-    for f in val + chosen:
+    for f in val + shards_to_fetch(train, info, tokens_needed, shards):
         size, sha256 = info[f]
-        if sha256 is None:
-            raise UserError(f"the hub's file list gives no sha256 for {f}; refusing an unchecked "
-                            "download")
+        if sha256 is None or size is None:
+            raise UserError(f"the hub's file list gives no size and sha256 for {f}; refusing an "
+                            "unchecked download")
         download(f"{endpoint}/datasets/{repo}/resolve/main/{f}", directory / f, sha256, size,
                  what=what)
     return directory
 
 
-# HellaSwag's validation split (10,042 examples), from the authors' repository at its last commit.
-# No sha256 of it is published; the file's git blob id at that commit is, and a download must have
-# it. The sha256 seen on the first download is then recorded beside the file and checked after.
+def shards_to_fetch(train, info, tokens_needed, shards):
+    """The first training shards that hold tokens_needed tokens (each (size - 1024) / 2 of them),
+    or the first `shards` of them; at least one."""
+    chosen, tokens = [], 0
+    for f in train:
+        if chosen and (len(chosen) >= shards if shards else tokens >= tokens_needed):
+            break
+        chosen.append(f)
+        tokens += (info[f][0] - 1024) // 2 if isinstance(info[f][0], int) else 0
+    return chosen
+
+
+# HellaSwag's validation split (10,042 examples), from the authors' repository pinned at its
+# last commit, so the file cannot change; read up to a bound, and checked to hold examples.
 HELLASWAG_URL = ("https://raw.githubusercontent.com/rowanz/hellaswag/"
                  "a29ff8e9a04bba4bd6588223785ce105328adc57/data/hellaswag_val.jsonl")
-HELLASWAG_GIT_BLOB = "0f5ee25d72216f12317d5d8a7b92deafa423d81e"
-
-
-def git_blob_id(path):
-    """The id git gives a file's content: sha1 of "blob <size>\\0" and the bytes."""
-    h = hashlib.sha1(f"blob {Path(path).stat().st_size}\0".encode())
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+HELLASWAG_MAX_BYTES = 64 << 20
 
 
 def fetch_hellaswag(directory):
-    """The path of hellaswag_val.jsonl in directory, downloaded on first use and checked."""
-    directory = Path(directory)
-    path, record = directory / "hellaswag_val.jsonl", directory / "hellaswag_val.jsonl.sha256"
-    if not path.exists():
-        what = "a local copy of rowanz/hellaswag's data/hellaswag_val.jsonl as --hellaswag=FILE"
-        download(HELLASWAG_URL, path, what=what,
-                 check=lambda part: git_blob_id(part) == HELLASWAG_GIT_BLOB)
-        record.write_text(f"{sha256_of(path)}  {path.name}\n")
-        print(f"note: {path.name} matched its git blob id {HELLASWAG_GIT_BLOB[:12]} at the authors' "
-              f"last commit; its sha256 (none is published) is recorded in {record}",
-              file=sys.stderr)
-    elif record.is_file() and record.read_text().split()[:1] != [sha256_of(path)]:
-        raise UserError(f"{path} is not the file first downloaded (its sha256 differs from "
-                        f"{record}); delete both to download it again")
-    return path
+    """The path of hellaswag_val.jsonl in directory, downloaded on first use."""
+    path = Path(directory) / "hellaswag_val.jsonl"
+
+    def looks_like_hellaswag(part):
+        with open(part, encoding="utf-8", errors="replace") as f:
+            return '"endings"' in f.readline()
+
+    return download(HELLASWAG_URL, path, max_bytes=HELLASWAG_MAX_BYTES, check=looks_like_hellaswag,
+                    what="a local copy of rowanz/hellaswag's data/hellaswag_val.jsonl as "
+                         "--hellaswag=FILE")
 
 
 # --------------------------------------------------------------------------------------------------

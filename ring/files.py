@@ -1,9 +1,9 @@
 """
-What a command reads and writes besides a training run: the text files a user gives it, output files
-and directories, checked before any work is done, written atomically, never through a link.
+What a command reads and writes besides a training run: the text and JSON files it is given, and
+its outputs, checked before any work is done and written atomically.
 
     read_text(path, what)                           a user's UTF-8 file, or one line saying why not
-
+    parse_json(text, where, kind), read_json(...)   JSON of the expected shape, or one line
     check_output_file(path, ours, force, inputs)   may the command write the file path?
     write_file(path, fill)                          a temporary file beside it, renamed into place
     check_output_dir(path, ours, force, inputs)    may it write the directory path? (written with
@@ -12,10 +12,11 @@ and directories, checked before any work is done, written atomically, never thro
 The rule is the one train.py keeps for its run directory (rundir.py): nothing is replaced that the
 command did not create. An output must be new, or an earlier output of the same command (which
 ours(path) recognises by a marker the command writes into it), and that only with --force. Never
-the command's own input, a link, a run directory or a file of one (last/, best/, metrics.jsonl...),
-nor anything inside a checkpoint. Every refusal is one line, before the work starts.
+the command's own input, a run directory or a file of one (last/, best/, metrics.jsonl...), nor
+anything inside a checkpoint. Every refusal is one line, before the work starts.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -67,11 +68,8 @@ def check_output_dir(path, ours, force, inputs=(), flag="--out_dir"):
 
 
 def _refuse_protected(path, inputs, flag):
-    """What no output may be, whatever it holds: a link (it would be written through), inside a
-    checkpoint, a run directory's own file, or one of the command's inputs."""
-    if path.is_symlink():
-        raise UserError(f"{path} is a link; choose another {flag} (nothing is written through a "
-                        "link)")
+    """What no output may be, whatever it holds: inside a checkpoint, a run directory's own file,
+    or one of the command's inputs."""
     inside = enclosing_checkpoint(path)
     if inside is not None and inside != path.resolve():
         raise UserError(f"{path} lies inside the checkpoint {inside}; choose an {flag} outside "
@@ -79,44 +77,31 @@ def _refuse_protected(path, inputs, flag):
     if path.name in (*RUN_FILES, ".lock") and holds_run(path.parent):
         raise UserError(f"{path} belongs to the run in {path.parent}; choose another {flag}")
     for given in inputs:
-        if given and _same_file(path, given):
+        if given and path.resolve() == Path(given).resolve():
             raise UserError(f"{path} is this command's input {given}; choose another {flag} "
                             "(nothing was changed)")
 
 
-def _same_file(a, b):
-    a, b = Path(a), Path(b)
-    if a.exists() and b.exists():
-        return os.path.samefile(a, b)  # hard links too
-    return a.resolve() == b.resolve()
-
-
 def write_file(path, fill, binary=False):
-    """Create (or replace) the file path atomically: fill(f) writes a new temporary file beside it,
-    created exclusively (so never through a link), which is then renamed over path; the rename
-    replaces a link, not what it points to. If anything fails, path is as it was and the temporary
-    file is gone; an OS error is one line. Text files are UTF-8, with newlines as written (csv)."""
+    """Create (or replace) the file path atomically: fill(f) writes a temporary file beside it,
+    which is then renamed over path. If anything fails, path is as it was and the temporary file
+    is gone; an OS error is one line. Text files are UTF-8, with newlines as written (csv)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    created = False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        fd = os.open(tmp, flags, 0o666)  # 0666 less the umask, as any new file
-        created = True
-        with (open(fd, "wb") if binary else open(fd, "w", newline="", encoding="utf-8")) as f:
+        with open(tmp, "wb") if binary else open(tmp, "w", newline="", encoding="utf-8") as f:
             fill(f)
         os.replace(tmp, path)
     except BaseException as e:
-        if created:
-            tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
             raise UserError(f"cannot write {path}: {e.strerror or e}") from None
         raise
 
 
 # --------------------------------------------------------------------------------------------------
-# Reading a user's text
+# Reading what a user (or a download) gives
 
 
 def read_text(path, what=""):
@@ -133,3 +118,28 @@ def read_text(path, what=""):
                         "first") from None
     except OSError as e:
         raise UserError(f"cannot read {named} ({e.strerror})") from None
+
+
+def parse_json(text, where, kind=dict):
+    """The JSON value in text, which must be of type kind (a dict, a list...), or a UserError that
+    names where it came from. The one JSON parser of the project: a value nested too deeply for
+    Python (RecursionError) is malformed JSON like any other."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        reason = e.args[0] if isinstance(e, ValueError) else "nested too deeply"
+        raise UserError(f"{where} is not valid JSON ({reason})") from None
+    if not isinstance(value, kind):
+        raise UserError(f"{where} is not a JSON {'object' if kind is dict else 'array'}")
+    return value
+
+
+def read_json(path, kind=dict, max_bytes=64 << 20):
+    """parse_json of a file of at most max_bytes (a bound: a config or a manifest is small)."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > max_bytes:
+            raise UserError(f"{path} is larger than {max_bytes >> 20} MiB: not the file expected")
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror})") from None
+    return parse_json(read_text(path), path, kind)

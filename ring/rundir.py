@@ -17,8 +17,6 @@ is written inside a checkpoint; OS errors are one line naming the path. Only ran
 directory.
 """
 
-import errno
-import hashlib
 import json
 import os
 import socket
@@ -54,6 +52,36 @@ def enclosing_checkpoint(path):
     return None
 
 
+def take_lock(path, holder, advice):
+    """An exclusive lock on the directory path, which the OS releases when the process ends,
+    however it ends (kill -9 included): no stale lock to clean up. path/.lock says who holds it, so
+    that a second process is refused in one line naming the first. Returns what release_lock
+    takes (None where there is no flock: Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        try:
+            holder += f", {(Path(path) / '.lock').read_text()[:200].strip()}"
+        except (OSError, UnicodeDecodeError):
+            pass
+        raise UserError(f"{path} is in use by {holder}; wait for it to {advice}") from None
+    (Path(path) / ".lock").write_text(f"pid {os.getpid()} on {socket.gethostname()} since "
+                                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+    return fd
+
+
+def release_lock(path, fd):
+    (Path(path) / ".lock").unlink(missing_ok=True)
+    if fd is not None:
+        os.close(fd)  # releases the lock
+
+
 class RunDirectory:
     """out_dir while a run writes to it: the lock, the checks, metrics.jsonl and TensorBoard.
 
@@ -81,9 +109,7 @@ class RunDirectory:
         try:
             self._created = not self.path.exists()
             self.path.mkdir(parents=True, exist_ok=True)
-            self._take_lock()
-            write_text_here(self.path / ".lock", f"pid {os.getpid()} on {socket.gethostname()} "
-                                                 f"since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            self._lock = take_lock(self.path, "another run", "finish or choose another --out_dir")
         except OSError as e:
             raise UserError(f"cannot write to out_dir {self.path}: {e.strerror}") from None
         if not self.resume and holds_run(self.path) and not self.overwrite:
@@ -106,27 +132,6 @@ class RunDirectory:
         if self.tensorboard:
             self._open_tensorboard()
 
-    def _take_lock(self):
-        """An exclusive lock on the directory itself, which the OS releases when the process ends,
-        however it ends (kill -9 included): no stale lock to clean up. .lock says who holds it, for
-        the message."""
-        try:
-            import fcntl  # POSIX; on Windows runs are not locked
-        except ImportError:
-            return
-        self._lock = os.open(self.path, os.O_RDONLY)
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self._lock)
-            self._lock = None
-            try:
-                holder = (self.path / ".lock").read_text()[:200].strip()
-            except (OSError, UnicodeDecodeError):
-                holder = "another process"
-            raise UserError(f"{self.path} is in use by another run ({holder}); wait for it to "
-                            "finish or choose another --out_dir") from None
-
     def _open_tensorboard(self, purge_step=None):
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -136,24 +141,22 @@ class RunDirectory:
         self._writer = SummaryWriter(str(self.path / "tensorboard"), purge_step=purge_step)
 
     def log_position(self):
-        """Where metrics.jsonl stands now (its size and the sha256 of its bytes): stored in each
-        resumable checkpoint, so that a resume continues the log exactly there."""
+        """Where metrics.jsonl ends now: stored in each resumable checkpoint, so that a resume
+        continues the log exactly there."""
         path = self.path / "metrics.jsonl"
-        data = path.read_bytes() if path.is_file() else b""
-        return {"log_bytes": len(data), "log_sha256": hashlib.sha256(data).hexdigest()}
+        return {"log_bytes": path.stat().st_size if path.is_file() else 0}
 
     def continue_log(self, saved, iter_num):
         """On resume: drop what metrics.jsonl (and TensorBoard) got after the checkpoint was saved,
-        so every iteration is logged once. A log that no longer starts with what it held then (cut
-        short, replaced or edited) is refused in one line: resuming would silently mix two logs."""
+        so every iteration is logged once. A log shorter than it was then is refused in one line:
+        resuming would silently lose rows."""
         if not self.is_main:
             return
         path, size = self.path / "metrics.jsonl", saved["log_bytes"]
-        data = path.read_bytes()[:size] if path.is_file() and not path.is_symlink() else b""
-        if len(data) < size or hashlib.sha256(data).hexdigest() != saved["log_sha256"]:
-            raise UserError(f"{path} is not the log that {self.path / 'last'} was saved with (cut "
-                            "short, replaced or edited since); put the original back, or move it "
-                            "away to resume with a new log")
+        if (path.stat().st_size if path.is_file() else 0) < size:
+            raise UserError(f"{path} is shorter than when {self.path / 'last'} was saved (cut or "
+                            "replaced since); put the original back, or move it away to resume "
+                            "with a new log")
         if size:
             os.truncate(path, size)
         elif path.is_file():
@@ -168,8 +171,6 @@ class RunDirectory:
             return
         path = self.path / "metrics.jsonl"
         try:
-            if path.is_symlink():
-                raise OSError(errno.ELOOP, "a link, not a file", str(path))
             with open(path, "a") as f:
                 f.write(json.dumps(row) + "\n")
         except OSError as e:
@@ -185,8 +186,7 @@ class RunDirectory:
         if self._writer is not None:
             self._writer.close()
         if self._lock is not None:
-            (self.path / ".lock").unlink(missing_ok=True)
-            os.close(self._lock)  # releases the lock
+            release_lock(self.path, self._lock)
             self._lock = None
             if self._created and not any(self.path.iterdir()):
                 self.path.rmdir()  # a run that stopped before writing leaves no empty out_dir
@@ -196,21 +196,6 @@ class RunDirectory:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def write_text_here(path, text):
-    """Write a small file that this project owns (.lock), never through a link: a link planted
-    there is removed, not followed."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(path, flags, 0o644)
-    except OSError as e:
-        if e.errno != errno.ELOOP:
-            raise
-        path.unlink()  # a link, not ours to follow
-        fd = os.open(path, flags, 0o644)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
 
 
 # --------------------------------------------------------------------------------------------------

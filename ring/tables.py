@@ -28,6 +28,7 @@ import numpy as np
 
 from ring.config import UserError
 from ring.download import download, sha256_of
+from ring.files import parse_json
 from ring.leakage import find_leakage, format_report
 
 # Named datasets: where their files come from, and which columns hold the text and the label.
@@ -134,34 +135,71 @@ def resolve_cls_dataset(dataset, data_dir):
     return paths, spec["text_column"], spec["label_column"]
 
 
-def read_table(path):
-    """(columns, rows) of a .csv, .tsv or .jsonl file, optionally gzip-compressed; rows are (line,
-    {column: value}).
+def table_kind(path):
+    """'jsonl', 'csv' or 'tsv' for a table (optionally .gz), else None."""
+    kind = Path(path).name.lower().removesuffix(".gz").rsplit(".", 1)[-1]
+    return kind if kind in ("jsonl", "csv", "tsv") else None
 
-    Any problem with the file itself (not UTF-8, malformed rows, not gzip) is a UserError that names
-    the lines."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} not found")
-    name = path.name.lower().removesuffix(".gz")
-    kind = name.rsplit(".", 1)[-1]
-    if kind not in ("csv", "tsv", "jsonl"):
-        raise UserError(f"{path}: unsupported file type; use .csv, .tsv or .jsonl (optionally .gz)")
-    raw = path.read_bytes()
-    if path.name.lower().endswith(".gz"):
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise UserError(f"{path} is not a valid gzip file ({e})") from None
+
+def open_text(path, newline=""):
+    """A file (gzip-compressed when its name ends in .gz) opened as UTF-8 text; f.raw_file is the
+    file on disk, whose position says how far the reading has got. A byte-order mark
+    (spreadsheets) is not part of the text."""
+    raw = open(path, "rb")
+    binary = gzip.GzipFile(fileobj=raw) if Path(path).name.lower().endswith(".gz") else raw
+    f = io.TextIOWrapper(binary, encoding="utf-8-sig", newline=newline)
+    f.raw_file = raw
+    return f
+
+
+def table_rows(f, path):
+    """(line number, {column: value}) for each row of a .csv, .tsv or .jsonl table, read from the
+    text file f as a stream. Any problem with the file is one line naming it and the line: the one
+    reading of tables, for labelled data (read_table) and corpora alike."""
+    kind = table_kind(path)
+    # A long review or article is a valid field (the csv module's default limit is 128 KiB).
+    csv.field_size_limit(2**31 - 1)
     try:
-        text = raw.decode("utf-8-sig")  # -sig: a byte-order mark (spreadsheets) is not a header
+        if kind == "jsonl":
+            for number, line in enumerate(f, start=1):
+                if line.strip():
+                    yield number, parse_json(line, f"{path}: line {number}")
+            return
+        # CSV fields may be quoted (and then hold commas, quotes and newlines). TSV, by its
+        # definition, has no quoting: a field holds no tab or newline, a quote is a character.
+        reader = (csv.reader(f, strict=True) if kind == "csv" else
+                  csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        header, start = next(reader, None), 2
+        if header is None:
+            raise UserError(f"{path} is empty")
+        for fields in reader:
+            if fields and len(fields) != len(header):
+                raise UserError(f"{path}: line {start} has {len(fields)} fields, the header "
+                                f"{len(header)} ({', '.join(header)})")
+            if fields:  # a blank line is not a record
+                yield start, dict(zip(header, fields))
+            start = reader.line_num + 1  # where the next record starts (a field spans lines)
+    except csv.Error as e:
+        raise UserError(f"{path}: malformed {kind.upper()} at line {reader.line_num} "
+                        f"({e})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text ({first_bad_line(path)}); convert it to UTF-8 "
+                        "first") from None
+    except (OSError, EOFError) as e:  # EOFError, BadGzipFile: a cut or damaged .gz
+        raise UserError(f"cannot read {path} ({getattr(e, 'strerror', None) or e})") from None
+
+
+def first_bad_line(path):
+    """'line N, byte B': where a file stops being UTF-8 (read again whole: only on that error)."""
+    with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
+        raw = f.read()
+    start = len(raw)
+    try:
+        raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise UserError(f"{path} is not UTF-8 text (line {line}, byte {e.start}); convert it to "
-                        "UTF-8 first") from None
-    if kind == "jsonl":
-        return _read_jsonl(path, text)
-    return _read_delimited(path, text, kind)
+        start = e.start
+    line = raw[:start].count(b"\n") + 1
+    return f"line {line}, byte {start}"
 
 
 def _lines(numbers):
@@ -170,66 +208,19 @@ def _lines(numbers):
     return f"line {shown}" if len(numbers) == 1 else f"lines {shown}"
 
 
-def _read_delimited(path, text, kind):
-    # The csv module refuses fields over 128 KiB by default, a guard against runaway quoting; a long
-    # review or article is a valid field, and a runaway quote is reported as malformed rows below
-    # anyway.
-    csv.field_size_limit(2**31 - 1)
-    # CSV fields may be quoted (and then hold commas, quotes and newlines). TSV, by its definition,
-    # has no quoting: a field holds no tab or newline, and a quote is just a character.
-    if kind == "csv":
-        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    else:
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
-    try:
-        header = next(reader, None)
-        if header is None:
-            raise UserError(f"{path} is empty")
-        rows, malformed = [], []
-        start = reader.line_num + 1  # where the next record starts (a quoted field spans lines)
-        for fields in reader:
-            if fields:  # a blank line is not a record
-                if len(fields) == len(header):
-                    rows.append((start, dict(zip(header, fields))))
-                else:
-                    malformed.append(start)
-            start = reader.line_num + 1
-    except csv.Error as e:
-        raise UserError(f"{path}: malformed {kind.upper()} at line {reader.line_num} "
-                        f"({e})") from None
-    if malformed:
-        raise UserError(f"{path}: {_lines(malformed)} malformed ({len(malformed)} in all): each "
-                        f"row needs the {len(header)} fields of the header ({', '.join(header)})")
-    return header, rows
-
-
-def json_lines(lines):
-    """(line number, its JSON object) for every line that is not blank; the object is None where
-    the line is not a JSON object. One reading of JSON Lines for tables, corpora and HellaSwag."""
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            obj = None
-        yield number, obj if isinstance(obj, dict) else None
-
-
-def _read_jsonl(path, text):
-    columns, rows, malformed = {}, [], []
-    for number, obj in json_lines(text.split("\n")):
-        if obj is None:
-            malformed.append(number)
-            continue
-        columns.update(dict.fromkeys(obj))
-        rows.append((number, obj))
-    if malformed:
-        raise UserError(f"{path}: {_lines(malformed)} malformed ({len(malformed)} in all): each "
-                        "line must be one JSON object")
+def read_table(path):
+    """(columns, rows) of a .csv, .tsv or .jsonl file, optionally gzip-compressed; rows are (line,
+    {column: value})."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found")
+    if table_kind(path) is None:
+        raise UserError(f"{path}: unsupported file type; use .csv, .tsv or .jsonl (optionally .gz)")
+    with open_text(path) as f:
+        rows = list(table_rows(f, path))
     if not rows:
         raise UserError(f"{path} is empty")
-    return list(columns), rows
+    return list(dict.fromkeys(column for _, row in rows for column in row)), rows
 
 
 def pick_columns(columns, text_column, label_column, path, need_label=True):
@@ -526,34 +517,3 @@ def report_leakage(splits, drop_leaked):
         source = f"{train.source} less {len(train) - len(kept):,} texts shared with other splits"
         splits = {**splits, "train": train.subset(kept, source)}
     return splits, notes
-
-
-# --------------------------------------------------------------------------------------------------
-# HellaSwag's validation file
-
-
-def read_hellaswag(path, limit=0):
-    """The examples of a HellaSwag .jsonl file (the format of rowanz/hellaswag's data/: one object
-    a line with ctx, endings, label, ...) as dicts {ctx, endings, label}; the first `limit` of them
-    (0: all). A line that is not such an object is one line naming it."""
-    examples = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for number, row in json_lines(f):
-                endings = row.get("endings") if row is not None else None
-                if not (row is not None and isinstance(row.get("ctx"), str)
-                        and isinstance(endings, list) and len(endings) == 4
-                        and all(isinstance(e, str) for e in endings)
-                        and row.get("label") in (0, 1, 2, 3)):
-                    raise UserError(f"{path}: line {number} is not a HellaSwag example (an object "
-                                    "with ctx, four endings and a label 0-3)")
-                examples.append({"ctx": row["ctx"], "endings": endings, "label": row["label"]})
-                if limit and len(examples) == limit:
-                    break
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise UserError(f"cannot read {path} ({e.strerror})") from None
-    if not examples:
-        raise UserError(f"{path} holds no HellaSwag example")
-    return examples

@@ -37,9 +37,10 @@ def shard_bytes(directory):
 
 def prepare(source, tmp_path, tokenizer="gpt2", shard_tokens=500, **options):
     return corpus.prepare(source, {"type": tokenizer}, tmp_path / options.pop("data", "data"),
-                          data.tokenizer_from_dict, options.pop("val_fraction", 0.2),
-                          options.pop("text_column", ""), options.pop("workers", 1),
-                          data.SPLIT_SEED, shard_tokens=shard_tokens)
+                          data.RULES, data.tokenizer_from_dict,
+                          val_fraction=options.pop("val_fraction", 0.2),
+                          text_column=options.pop("text_column", ""),
+                          workers=options.pop("workers", 1), shard_tokens=shard_tokens)
 
 
 def all_tokens(directory, manifest, split):
@@ -59,7 +60,7 @@ def test_every_document_starts_with_end_of_text_and_validation_holds_whole_docum
     assert train[0] == val[0] == 50256
     assert manifest["documents"] == {"train": len(pieces["train"]), "val": len(pieces["val"])}
     assert 0 < len(pieces["val"]) < 30
-    held = {t for t in texts if corpus.held_out(t, 0.2, data.SPLIT_SEED)}
+    held = {t for t in texts if data.held_out(t, 0.2)}
     assert set(pieces["val"]) == held  # seeded: the same documents every time
     assert manifest["train_tokens"] == len(train) and len(manifest["shards"]) > 2  # 500 a shard
 
@@ -175,7 +176,7 @@ def test_bad_input_is_one_line_and_leaves_nothing_behind(tmp_path):
 
 def write_shard(path, tokens):
     tokens = np.asarray(tokens, dtype=np.uint16)
-    path.write_bytes(corpus.shard_header(len(tokens)) + tokens.tobytes())
+    path.write_bytes(data.shard_header(len(tokens)) + tokens.tobytes())
 
 
 def test_a_folder_of_bin_shards_is_used_in_place_and_checked(tmp_path):

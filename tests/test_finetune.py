@@ -398,9 +398,9 @@ def test_named_dataset_offline_says_how_to_pass_local_files(tmp_path, monkeypatc
     [
         ("text,label\nhi,a\n", {"label_column": "stars"}, r"has no column 'stars' \(columns: text, label\)"),
         ("words,rating\nhi,a\n", {}, r"cannot tell which column holds the text .*columns: words, rating.*--text_column"),
-        ("text,label\na,x\nb,y,extra\nc\nd,x\n", {}, r"lines 3, 4 malformed \(2 in all\): each row needs the 2 fields of the header \(text, label\)"),
+        ("text,label\na,x\nb,y,extra\nc\nd,x\n", {}, r"line 3 has 3 fields, the header 2 \(text, label\)"),
         ('text,label\n"unclosed,x\n', {}, r"malformed CSV at line"),
-        ('{"text": "a", "label": "x"}\nnot json\n', {"suffix": ".jsonl"}, r"line 2 malformed \(1 in all\): each line must be one JSON object"),
+        ('{"text": "a", "label": "x"}\nnot json\n', {"suffix": ".jsonl"}, r"line 2 is not valid JSON"),
         ("text,label\na,x\nb,x\n", {}, r"every example has the label 'x'; a classifier needs at least two classes"),
     ],
     ids=["missing-column", "unguessable-column", "malformed-rows", "bad-quoting", "bad-jsonl", "one-class"],

@@ -12,7 +12,7 @@ from metrics import hellaswag_scores
 from model import GPT
 from ring import download
 from ring.config import UserError
-from ring.tables import read_hellaswag
+from metrics import read_hellaswag
 from conftest import tiny_config
 from test_hf_import import FakeHub
 
@@ -87,25 +87,24 @@ def test_a_line_that_is_not_an_example_is_one_line(tmp_path):
     assert len(read_hellaswag(path, limit=3)) == 3
 
 
-def test_the_download_must_match_the_published_git_blob_and_is_checked_after(tmp_path,
-                                                                             monkeypatch):
+def test_the_download_is_bounded_and_must_hold_examples(tmp_path, monkeypatch):
     (tmp_path / "hub").mkdir()
     served = write_file(tmp_path / "hub" / "hellaswag_val.jsonl")
+    (tmp_path / "hub" / "page.html").write_text("<html>not the file</html>\n")
     hub = FakeHub(tmp_path / "hub")
     try:
         monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-        monkeypatch.setattr(download, "HELLASWAG_URL", f"{hub.url}/cdn/hellaswag_val.jsonl")
+        monkeypatch.setattr(download, "HELLASWAG_URL", f"{hub.url}/cdn/page.html")
         with pytest.raises(UserError, match="is not the file expected"):
-            download.fetch_hellaswag(tmp_path / "data")  # another file than the pinned one
+            download.fetch_hellaswag(tmp_path / "data")  # an error page, say
+        monkeypatch.setattr(download, "HELLASWAG_URL", f"{hub.url}/cdn/hellaswag_val.jsonl")
+        monkeypatch.setattr(download, "HELLASWAG_MAX_BYTES", served.stat().st_size - 1)
+        with pytest.raises(UserError, match="sends more than the .* bytes expected; refused"):
+            download.fetch_hellaswag(tmp_path / "data")  # stops reading at the bound
         assert not list((tmp_path / "data").glob("hellaswag*"))
-        monkeypatch.setattr(download, "HELLASWAG_GIT_BLOB", download.git_blob_id(served))
+        monkeypatch.setattr(download, "HELLASWAG_MAX_BYTES", served.stat().st_size)
         path = download.fetch_hellaswag(tmp_path / "data")
         assert path.read_bytes() == served.read_bytes()
-        assert (tmp_path / "data" / "hellaswag_val.jsonl.sha256").read_text().split()[0] == \
-            download.sha256_of(served)
-        path.write_text(path.read_text().replace("roof", "tent"))
-        with pytest.raises(UserError, match="is not the file first downloaded"):
-            download.fetch_hellaswag(tmp_path / "data")
     finally:
         hub.server.shutdown()
         hub.server.server_close()
