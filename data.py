@@ -12,6 +12,7 @@ From text on disk to batches of token ids.
    from are read by tables.py).
 """
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -55,6 +56,10 @@ class CharTokenizer:
     def decode(self, ids):
         return "".join(self.chars[i] for i in ids)
 
+    def token_bytes(self):
+        """The UTF-8 bytes of each token's text, by id (for bits per byte)."""
+        return np.array([len(c.encode("utf-8", "surrogatepass")) for c in self.chars])
+
     def to_dict(self):
         return {"type": "char", "chars": "".join(self.chars)}
 
@@ -78,8 +83,19 @@ class GPT2Tokenizer:
     def decode(self, ids):
         return self.enc.decode(list(ids))
 
+    def token_bytes(self):
+        """The bytes of each token's text, by id; <|endoftext|> is no text: 0."""
+        return gpt2_token_bytes()
+
     def to_dict(self):
         return {"type": "gpt2"}
+
+
+@functools.cache
+def gpt2_token_bytes():
+    enc = gpt2_encoding()
+    return np.array([len(enc.decode_single_token_bytes(i)) if i != enc.eot_token else 0
+                     for i in range(enc.n_vocab)])
 
 
 def tokenizer_from_dict(d):

@@ -33,7 +33,7 @@ from data import TokenStream, load_tokens, prepare_lm_data, tokenizer_from_dict
 from metrics import (classify_texts, evaluate_classifier, format_report, hellaswag_scores, logged,
                      read_hellaswag, split_batches)
 from sample import for_inference
-from train import load_model
+from train import bits_per_byte, load_model
 from ring.config import UserError, check_settings, parse_config, run_main, setting
 from ring.download import fetch_hellaswag
 from ring.files import check_output_file, read_text, write_file
@@ -89,8 +89,11 @@ def evaluate_text(model, tokenizer, info, data, args, device):
     if len(tokens) < 2:
         raise UserError(f"{data} has fewer than two tokens: nothing to predict")
     loss, n = language_model_loss(model, tokens, args.batch_size, device)
-    metrics = {"loss": loss, "perplexity": math.exp(loss), "tokens": n}
-    print(f"{where}: loss {loss:.4f} | perplexity {math.exp(loss):.3f} | {n:,} tokens predicted")
+    predicted = tokens.window(1, n) if isinstance(tokens, TokenStream) else tokens[1:]
+    bpb = bits_per_byte(loss, float(tokenizer.token_bytes()[np.asarray(predicted)].mean()))
+    metrics = {"loss": loss, "perplexity": math.exp(loss), "bpb": bpb, "tokens": n}
+    print(f"{where}: loss {loss:.4f} | perplexity {math.exp(loss):.3f} | {bpb:.4f} bits per byte "
+          f"| {n:,} tokens predicted")
     return metrics
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
-from data import GPT2Tokenizer, LengthBatches
+from data import SPLIT_SEED, GPT2Tokenizer, LengthBatches
 from lora import choose_trainable, lora_state
 from metrics import evaluate_classifier, format_report, logged, split_batches
 from model import GPTClassifier, GPTConfig
@@ -149,7 +149,8 @@ def run_classification(cfg):
             label_column=cfg.label_column, val_fraction=cfg.val_fraction,
             block_size=cfg.block_size, truncation=cfg.truncation,
             max_train_samples=cfg.max_train_samples, max_val_samples=cfg.max_val_samples,
-            max_test_samples=cfg.max_test_samples, drop_leaked=cfg.drop_leaked, seed=cfg.seed))
+            max_test_samples=cfg.max_test_samples, drop_leaked=cfg.drop_leaked, seed=cfg.seed,
+            split_seed=SPLIT_SEED))
         print0(rt, "\n".join(data.notes))
         labels = data.labels
         majority = int(np.bincount(data.targets("train"), minlength=len(labels)).argmax())
@@ -264,7 +265,8 @@ class FinetuneConfig(with_defaults(TrainConfig, FINETUNING, HELP)):
     truncation: str = setting("cls: which tokens of a text longer than block_size are kept",
                               "head", TRUNCATIONS)
     drop_leaked: bool = setting("cls: drop training texts that duplicate a val or test text", False)
-    max_train_samples: int = setting("cls: train on a stratified sample of this many (0: all)",
+    max_train_samples: int = setting("cls: train on a stratified sample of this many, drawn with "
+                                     "--seed (val and test stay the same) (0: all)",
                                      0, ">= 0")
     max_val_samples: int = setting("cls: validate on a stratified sample of this many (0: all)", 0,
                                    ">= 0")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from data import GPT2Tokenizer, LMBatches, load_tokens, prepare_lm_data
+from data import GPT2Tokenizer, LMBatches, load_tokens, prepare_lm_data, tokenizer_from_dict
 from lora import has_lora, lora_state, merged_copy
 from metrics import hellaswag_scores, read_hellaswag
 from model import GPT, GPTConfig, model_from_state
@@ -54,6 +54,14 @@ def lr_at(step, learning_rate, min_lr, warmup_iters, lr_decay_iters):
 # What is learned: the next token
 
 
+def bits_per_byte(loss, bytes_per_token):
+    """A language model's loss in bits per byte of text: the mean cross-entropy in nats per token,
+    / ln 2 (bits per token), / the bytes a token of the text holds. A character model's token is
+    about one byte and a GPT-2 token about four: per token their losses cannot be compared, per
+    byte of the same text they can (nanochat reports it for this reason)."""
+    return loss / math.log(2) / bytes_per_token
+
+
 class LanguageModelling:
     """Next-token prediction on tokenized text: what train.py trains for.
 
@@ -78,11 +86,14 @@ class LanguageModelling:
         self.sampler = LMBatches(train_tokens, cfg.block_size, cfg.batch_size, seed=cfg.seed)
         # Evaluation uses the same batches every time (their own fixed seed), so numbers are
         # comparable across evaluations and across runs.
-        self.eval_sets = {}
+        self.eval_sets, self.bytes_per_token = {}, {}
+        token_bytes = tokenizer_from_dict(meta["tokenizer"]).token_bytes()
         for split, tokens in (("train", train_tokens), ("val", val_tokens)):
             fixed = LMBatches(tokens, cfg.block_size, cfg.batch_size, seed=1234)
-            self.eval_sets[split] = [rt.to_device(*fixed.batch_at(row))
-                                     for row in fixed.offsets(cfg.eval_iters)]
+            batches = [fixed.batch_at(row) for row in fixed.offsets(cfg.eval_iters)]
+            targets = torch.cat([y.flatten() for _, y in batches]).numpy()
+            self.bytes_per_token[split] = float(token_bytes[targets].mean())
+            self.eval_sets[split] = [rt.to_device(x, y) for x, y in batches]
         self.info = {"task": "lm", "tokenizer": meta["tokenizer"], "data": meta}
 
     def next_step(self):
@@ -108,6 +119,7 @@ class LanguageModelling:
         # Perplexity, exp(mean cross-entropy): the number of equally likely tokens the model is as
         # unsure as.
         out["val_perplexity"] = math.exp(out["val_loss"])
+        out["val_bpb"] = bits_per_byte(out["val_loss"], self.bytes_per_token["val"])
         if self.hellaswag:  # common-sense completion: see metrics.hellaswag_scores
             out.update(hellaswag_scores(model, GPT2Tokenizer(), self.hellaswag, self.rt.device))
         model.train()

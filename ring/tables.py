@@ -443,13 +443,15 @@ class ClassificationData:
 def load_classification_data(dataset, tokenizer, data_dir, *, val_dataset="", test_dataset="",
                              text_column="", label_column="", val_fraction=0.1, block_size=256,
                              truncation="head", max_train_samples=0, max_val_samples=0,
-                             max_test_samples=0, drop_leaked=False, seed=1337):
+                             max_test_samples=0, drop_leaked=False, seed=1337, split_seed=1337):
     """Train, validation and test examples of a classification dataset, and its label names.
 
     A named dataset brings its own test (and maybe validation) file; --val_dataset / --test_dataset
     name them for a local file. A split that is not given is carved out of train: val_fraction of
-    each label, seeded. Texts shared by two splits are reported (leakage.py): they make validation
-    and test scores optimistic; drop_leaked removes them from the training split."""
+    each label, chosen with split_seed. Texts shared by two splits are reported (leakage.py): they
+    make validation and test scores optimistic; drop_leaked removes them from the training split.
+    max_*_samples: a stratified sample of a split, chosen with seed for train (each seed of a
+    study trains on other examples) and with split_seed for val and test (which stay the same)."""
     paths, default_text, default_label = resolve_cls_dataset(dataset, data_dir)
     if val_dataset:
         paths["val"] = Path(val_dataset)
@@ -469,7 +471,7 @@ def load_classification_data(dataset, tokenizer, data_dir, *, val_dataset="", te
                         "needs at least two classes")
     for name in ("test", "val"):
         if name not in splits:
-            kept, held = stratified_split(train.labels, val_fraction, seed)
+            kept, held = stratified_split(train.labels, val_fraction, split_seed)
             if len(held) == 0:
                 raise UserError(f"val_fraction {val_fraction} of {len(train)} examples leaves no "
                                 f"{name} examples")
@@ -488,7 +490,7 @@ def load_classification_data(dataset, tokenizer, data_dir, *, val_dataset="", te
     splits, notes = report_leakage(splits, drop_leaked)
     limits = {"train": max_train_samples, "val": max_val_samples, "test": max_test_samples}
     for name, n in limits.items():
-        splits[name] = sample_of(splits[name], n, seed)
+        splits[name] = sample_of(splits[name], n, seed if name == "train" else split_seed)
     notes = [s.note for s in loaded] + notes
     data = ClassificationData(labels, splits, notes)
     for name, split in data.splits.items():
@@ -514,6 +516,9 @@ def report_leakage(splits, drop_leaked):
     if drop_leaked and report.train_drop:
         train = splits["train"]
         kept = np.setdiff1d(np.arange(len(train)), np.asarray(sorted(report.train_drop)))
+        if not len(kept):
+            raise UserError(f"every one of the {len(train):,} training texts is also in another "
+                            "split: --drop_leaked=True leaves nothing to train on")
         source = f"{train.source} less {len(train) - len(kept):,} texts shared with other splits"
         splits = {**splits, "train": train.subset(kept, source)}
     return splits, notes

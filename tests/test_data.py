@@ -111,3 +111,11 @@ def test_offline_download_fails_with_one_clear_line(tmp_path):
     with pytest.raises(UserError, match=r"could not download http://127\.0\.0\.1:9/x\.txt .*pass the path"):
         download("http://127.0.0.1:9/x.txt", tmp_path / "x.txt", what="the path of a local copy")
     assert not (tmp_path / "x.txt").exists()
+
+
+def test_the_bytes_of_the_tokens_are_the_bytes_of_the_text():
+    text = "Café, 東京 and 🙂: the same bytes, however BPE cuts them."
+    for tok in (GPT2Tokenizer(), CharTokenizer.from_text(text)):
+        ids = tok.encode(text)
+        assert int(tok.token_bytes()[ids].sum()) == len(text.encode())
+    assert GPT2Tokenizer().token_bytes()[50256] == 0  # <|endoftext|> is no text

@@ -70,6 +70,8 @@ def test_run_directory_layout_and_metrics(tmp_path):
     steps = [row for row in metrics(run) if "loss" in row]
     assert {"iter", "loss", "lr", "ms_per_iter", "tokens_per_s"} <= set(steps[0])
     assert evals[-1]["val_loss"] < evals[0]["val_loss"]  # it learned something
+    # bits per byte: a character of this (ASCII) text is a byte, so it is the loss in bits
+    assert all(row["val_bpb"] == pytest.approx(row["val_loss"] / math.log(2)) for row in evals)
     state = torch.load(run / "last" / "train_state.pt", weights_only=True)
     assert state["iter_num"] == 8
 

@@ -133,6 +133,9 @@ def test_evaluate_a_language_model_on_a_text(tmp_path):
     assert scored["tokens"] == len(ids) - 1
     assert scored["loss"] == pytest.approx(float(sum(losses)) / (len(ids) - 1), rel=1e-5)
     assert scored["perplexity"] == pytest.approx(math.exp(scored["loss"]))
+    # bits per byte: the nats of the predicted characters, in bits, over their UTF-8 bytes
+    nats = scored["loss"] * (len(ids) - 1)
+    assert scored["bpb"] == pytest.approx(nats / math.log(2) / len(text[1:].encode()), rel=1e-6)
 
 
 def test_validation_and_test_samples_are_stratified(tmp_path):
@@ -144,6 +147,32 @@ def test_validation_and_test_samples_are_stratified(tmp_path):
                                  max_test_samples=100)
     assert len(d.splits["val"]) == 50 and (d.splits["val"].labels == "rare").sum() == 5
     assert len(d.splits["test"]) == 100 and (d.splits["test"].labels == "rare").sum() == 10
+
+
+def test_a_training_sample_is_stratified_seeded_the_same_on_every_process_and_leaves_val_alone(
+        tmp_path, capsys):
+    rows = [(f"text number {i}", ("neg", "neu", "pos")[i % 3] if i % 10 else "pos")
+            for i in range(600)]
+    write_csv(tmp_path / "train.csv", rows)
+
+    def load(seed, n=60):
+        return load_classification_data(str(tmp_path / "train.csv"), GPT2Tokenizer(),
+                                        tmp_path / "data", max_train_samples=n, seed=seed)
+
+    first, again, other, whole = load(1), load(1), load(2), load(1, n=0)
+    # the same seed gives the same examples, as every process of a run loads them
+    assert first.splits["train"].texts == again.splits["train"].texts
+    assert first.splits["train"].texts != other.splits["train"].texts  # another seed, others
+    for d in (first, other):  # in the split's proportions, drawn from its own examples
+        counts = np.bincount(d.targets("train"), minlength=3)
+        expected = np.bincount(whole.targets("train"), minlength=3) * 60 / len(whole.splits["train"])
+        assert len(d.splits["train"]) == 60 and np.abs(counts - expected).max() < 1
+        assert set(d.splits["train"].texts) <= set(whole.splits["train"].texts)
+        for split in ("val", "test"):  # untouched by the sample and by the seed
+            assert d.splits[split].texts == whole.splits[split].texts
+    shown = [n for n in first.notes if n.startswith("train:")]  # the run says what it trains on
+    assert shown == ["train: 60 examples (neg 18, neu 18, pos 24) from 60 of "
+                     f"{tmp_path / 'train.csv'}"]
 
 
 def test_long_texts_keep_their_head_their_tail_or_both():
