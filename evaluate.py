@@ -73,15 +73,18 @@ def language_model_loss(model, tokens, batch_size, device):
 
 
 def evaluate_text(model, tokenizer, info, data, args, device):
-    """A language model's loss and perplexity: on a whole .txt file, every token after the first;
-    on a corpus (a built-in name such as fineweb10B, a folder, a table of documents, shards), on
-    its validation split, prepared as train.py prepares it (and cached in --data_dir)."""
-    path = Path(data)
+    """A language model's loss, perplexity and bits per byte: on a whole .txt file, every token
+    after the first; on a corpus (a built-in name such as fineweb10B, a folder, a table of
+    documents, shards), on its validation split, prepared as the checkpoint's run prepared its data
+    (its val_fraction and text column: the documents it held out, when it trained on this corpus;
+    10% of them for a checkpoint trained elsewhere) and cached in --data_dir."""
+    path, run = Path(data), info.run or {}
     if path.is_file() and path.suffix == ".txt":
         tokens, where = tokenizer.encode(read_text(path, "--data")), str(path)
     else:
-        directory, manifest = prepare_lm_data(data, info.tokenizer, args.data_dir,
-                                              text_column=args.text_column)
+        directory, manifest = prepare_lm_data(
+            data, info.tokenizer, args.data_dir, val_fraction=run.get("val_fraction", 0.1),
+            text_column=args.text_column or run.get("text_column", ""))
         tokens, where = load_tokens(directory, manifest, "val"), f"the validation split of {data}"
     if args.max_tokens and len(tokens) > args.max_tokens:
         tokens = tokens.window(0, args.max_tokens) if isinstance(tokens, TokenStream) \

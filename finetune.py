@@ -137,8 +137,8 @@ def adapt(model, resume, rt, cfg):
 
 
 def run_classification(cfg):
-    if cfg.tokenizer != "gpt2":
-        raise UserError("classification uses the gpt2 tokenizer (--tokenizer=gpt2)")
+    if cfg.tokenizer not in ("", "gpt2"):
+        raise UserError("classification uses the gpt2 tokenizer (leave --tokenizer out)")
     with run_session(cfg) as (rt, run_dir):
         tokenizer = GPT2Tokenizer()
         # every process loads the data (rank 0 first, which builds the cache); one of them says what
@@ -224,14 +224,14 @@ def main(argv=None):
 
 
 FINETUNING = dict(out_dir="out/finetune", init_from="gpt2", dataset="tweet_sentiment",
-                  tokenizer="gpt2", max_iters=0, eval_interval=200, dropout=0.1,
+                  tokenizer="", max_iters=0, eval_interval=200, dropout=0.1,
                   learning_rate=5e-5, min_lr=0.0, weight_decay=0.01, beta2=0.999)
 HELP = {
     "init_from": "a GPT-2 name (gpt2, gpt2-medium...; imported on first use) | a checkpoint or "
                  "run directory | scratch (shaped by n_layer/n_head/n_embd) | resume",
     "dataset": "cls: tweet_sentiment | imdb | fake_news (downloaded once) or a .csv/.tsv/.jsonl "
                "file (.gz too); gen: a UTF-8 .txt file",
-    "tokenizer": "the tokenizer (cls always uses gpt2; gen from scratch may use char)",
+    "tokenizer": "cls: gpt2 (always); gen: as train.py's --tokenizer",
     "max_iters": "optimizer steps in total (0: as many as --epochs take)",
     "eval_interval": "evaluate and write last/ every this many steps (cls: also at each epoch's "
                      "end)",

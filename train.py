@@ -429,7 +429,13 @@ def run_data(cfg, rt, start=None):
     others then read the cache): with cfg.tokenizer from scratch, else the starting checkpoint's
     own (a character model's vocabulary included: a text that uses only some of its characters
     keeps their ids, and one that uses others is refused, naming them)."""
-    tokenizer = cfg.tokenizer if start is None else start[1].tokenizer
+    tokenizer = cfg.tokenizer or "char"
+    if start is not None:
+        tokenizer = start[1].tokenizer
+        if cfg.tokenizer not in ("", tokenizer["type"]):
+            raise UserError(f"{start[0]} was trained with the {tokenizer['type']} tokenizer, not "
+                            f"--tokenizer={cfg.tokenizer}; leave --tokenizer out (a checkpoint "
+                            "brings its own)")
     tokens = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps * cfg.max_iters
     return main_process_first(rt, lambda: prepare_lm_data(
         cfg.dataset, tokenizer, cfg.data_dir, val_fraction=cfg.val_fraction,
@@ -526,8 +532,8 @@ class TrainConfig:
                            "hub's GPT-2 shards), a .txt file, a folder of .txt files, a "
                            ".jsonl/.csv/.tsv(.gz) of documents or a folder of .bin shards",
                            "shakespeare")
-    tokenizer: str = setting("the tokenizer from scratch (a checkpoint brings its own)", "char",
-                             ("char", "gpt2"))
+    tokenizer: str = setting("char | gpt2 (empty: char from scratch; a checkpoint brings its own, "
+                             "and another one given here is refused)", "", ("", "char", "gpt2"))
     text_column: str = setting("the text column(s) of a table of documents, comma separated "
                                "(empty: guessed)", "")
     val_fraction: float = setting("share of the documents held out for validation (of a single "

@@ -277,6 +277,7 @@ class FakeHub:
         self.api = True  # False: the file list answers 404
         self.wrong_sha256 = False  # the file list gives a wrong sha256
         self.cut = {}  # file name -> bytes sent before the connection drops (once)
+        self.padding = {}  # file name -> bytes sent after the file (more than the list says)
         self.requests = []  # (path, Range header, status)
         hub = self
 
@@ -310,6 +311,7 @@ class FakeHub:
                     return self.wfile.write(self.reply(302, headers=[("Location", f"/cdn/{m.group(1)}/{m.group(2)}")]))
                 if self.path.startswith("/cdn/") and (hub.root / self.path[5:]).is_file():
                     data = (hub.root / self.path[5:]).read_bytes()
+                    data += b"\0" * hub.padding.get(Path(self.path).name, 0)
                     start, status, headers = 0, 200, []
                     if r := self.headers.get("Range"):
                         start = int(re.fullmatch(r"bytes=(\d+)-", r).group(1))
