@@ -241,19 +241,22 @@ def _save_progress(partial, identity, writers, documents):
 
 
 class Progress:
-    """A progress line on stderr every few seconds: MB read, MB/s, tokens, ETA."""
+    """A progress line on stderr every EVERY seconds: MB read, MB/s, tokens, ETA."""
 
-    def __init__(self, reading, total, every=2.0):
-        self.reading, self.total, self.every = reading, total, every
+    EVERY = 2.0
+
+    def __init__(self, reading, total):
+        self.reading, self.total = reading, total
         self.start = self.last = time.time()
         self.shown = False
 
     def __call__(self, writers):
         now = time.time()
-        if now - self.last < self.every:
+        if now - self.last < self.EVERY:
             return
         self.last, self.shown = now, True
-        done = self.reading["bytes"] + self.reading["file"].tell()
+        file = self.reading["file"]  # the file being read, if one is open
+        done = self.reading["bytes"] + (file.tell() if file and not file.closed else 0)
         speed = done / max(now - self.start, 1e-9)
         eta = (self.total - done) / speed if speed > 0 else 0
         tokens = sum(w.tokens for w in writers.values())

@@ -77,13 +77,15 @@ def split_at(ids, eot):
     return docs + [current]
 
 
-def test_the_shards_are_the_same_bytes_for_any_number_of_workers(tmp_path):
+def test_the_shards_are_the_same_bytes_for_any_number_of_workers(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(corpus.Progress, "EVERY", 0)  # a progress line after every batch
     source = write_folder(tmp_path / "docs", documents(300))
     one, _ = prepare(source, tmp_path, workers=1, data="one")
     two, _ = prepare(source, tmp_path, workers=2, data="two")
     assert shard_bytes(one) == shard_bytes(two) and len(shard_bytes(one)) > 4
     header = np.frombuffer(next(iter(shard_bytes(one).values()))[:1024], dtype="<i4")
     assert list(header[:3]) == [20240520, 1, 500] and not header[3:].any()  # llm.c's format
+    assert "MB/s" in capsys.readouterr().err  # the progress line, drawn between two files too
 
 
 @pytest.mark.parametrize("name, write", [
