@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from data import TokenStream, load_tokens, prepare_lm_data, tokenizer_from_dict
-from metrics import (classify_texts, evaluate_classifier, format_report, hellaswag_scores, logged,
-                     read_hellaswag, split_batches)
+from metrics import (classify_texts, evaluate_classifier, format_report, hellaswag_scores,
+                     hellaswag_tokens, logged, read_hellaswag, split_batches)
 from sample import for_inference
 from train import bits_per_byte, load_model
 from ring.config import UserError, check_settings, parse_config, run_main, setting
@@ -110,7 +110,7 @@ def evaluate_hellaswag(model, tokenizer, info, args, device):
     if path == "download":
         path = fetch_hellaswag(Path(args.data_dir) / "hellaswag")
     examples = read_hellaswag(path, args.max_samples)
-    metrics = hellaswag_scores(model, tokenizer, examples, device, batch_size=8)
+    metrics = hellaswag_scores(model, hellaswag_tokens(tokenizer, examples), device)
     print(f"HellaSwag ({path}, {len(examples):,} examples): acc {metrics['hellaswag_acc']:.4f} | "
           f"acc_norm {metrics['hellaswag_acc_norm']:.4f}")
     return metrics

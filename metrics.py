@@ -133,46 +133,52 @@ def classify_texts(model, tokenizer, texts, labels, device, batch_size=32, trunc
 # HellaSwag: common-sense completion, scored the way GPT-2's were
 
 
+def hellaswag_tokens(tokenizer, examples):
+    """The examples with their context and endings as token ids (ctx_ids, ending_ids): tokenized
+    once per run, scored at every evaluation."""
+    return [{**e, "ctx_ids": tokenizer.encode(e["ctx"]),
+             "ending_ids": [tokenizer.encode(" " + ending) for ending in e["endings"]]}
+            for e in examples]
+
+
 @torch.inference_mode()
-def hellaswag_scores(model, tokenizer, examples, device, batch_size=8):
+def hellaswag_scores(model, examples, device, batch_size=8, total=lambda counts: counts):
     """acc and acc_norm of a language model on HellaSwag examples, completion style ("HellaSwag: Can
     a Machine Really Finish Your Sentence?", Zellers et al. 2019; as build-nanogpt and llm.c score
     GPT-2): each of the four endings is appended to the context, " " + ending, and the model's
     cross-entropy on the ending's tokens alone (given the context) is its cost. acc picks the ending
     with the lowest summed cost, acc_norm the lowest mean cost per token, which does not favour short
-    endings. examples: dicts with ctx, endings (4) and label (read_hellaswag)."""
+    endings. A text longer than the model's context keeps its last block_size + 1 tokens.
+
+    examples: hellaswag_tokens's. total(counts) adds up the counts of every process when each
+    scores its share of the examples (train.py); one process scores them all."""
     model.eval()
     T = model.config.block_size
-    right = {"acc": 0, "acc_norm": 0}
+    right = torch.zeros(3, dtype=torch.float64)  # acc, acc_norm, examples
     for start in range(0, len(examples), batch_size):
-        rows, spans = [], []  # token ids of each (context + ending); where its ending starts
-        for example in examples[start : start + batch_size]:
-            context = tokenizer.encode(example["ctx"])
-            for ending in example["endings"]:
-                ids = (context + tokenizer.encode(" " + ending))[-(T + 1) :]  # the last T + 1
-                rows.append(ids)
-                spans.append(len(ids) - len(tokenizer.encode(" " + ending)))
+        batch = examples[start : start + batch_size]
+        rows = [(e["ctx_ids"] + ending)[-(T + 1) :] for e in batch for ending in e["ending_ids"]]
+        ending_lengths = [len(ending) for e in batch for ending in e["ending_ids"]]
         width = max(map(len, rows)) - 1
         x = torch.zeros(len(rows), width, dtype=torch.long)
         y = torch.full((len(rows), width), -1, dtype=torch.long)  # -1: not scored
-        for i, (ids, begin) in enumerate(zip(rows, spans)):
+        for i, (ids, n) in enumerate(zip(rows, ending_lengths)):
+            begin = max(len(ids) - n, 1)  # where the ending starts (the first token has no target)
             x[i, : len(ids) - 1] = torch.tensor(ids[:-1])
             # target t is token t + 1: the ending's tokens are targets begin - 1 ... len - 2
-            y[i, max(begin, 1) - 1 : len(ids) - 1] = torch.tensor(ids[max(begin, 1) :])
+            y[i, begin - 1 : len(ids) - 1] = torch.tensor(ids[begin:])
         logits, _ = model(x.to(device), y.to(device))
         cost = F.cross_entropy(logits.float().transpose(1, 2), y.to(device), ignore_index=-1,
                                reduction="none")  # (rows, width), 0 where not scored
-        counted = (y != -1).sum(1).to(device)
         summed = cost.sum(1).view(-1, 4)
-        mean = (cost.sum(1) / counted).view(-1, 4)
-        labels = torch.tensor([e["label"] for e in examples[start : start + batch_size]],
-                              device=device)
-        right["acc"] += int((summed.argmin(1) == labels).sum())
-        right["acc_norm"] += int((mean.argmin(1) == labels).sum())
+        mean = (cost.sum(1) / (y != -1).sum(1).to(device)).view(-1, 4)
+        labels = torch.tensor([e["label"] for e in batch], device=device)
+        right += torch.tensor([int((summed.argmin(1) == labels).sum()),
+                               int((mean.argmin(1) == labels).sum()), len(batch)])
     model.train()
-    n = len(examples)
-    return {"hellaswag_acc": right["acc"] / n, "hellaswag_acc_norm": right["acc_norm"] / n,
-            "hellaswag_examples": n}
+    acc, acc_norm, n = total(right).tolist()
+    return {"hellaswag_acc": acc / n, "hellaswag_acc_norm": acc_norm / n,
+            "hellaswag_examples": int(n)}
 
 
 def read_hellaswag(path, limit=0):

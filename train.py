@@ -22,7 +22,7 @@ import torch
 
 from data import GPT2Tokenizer, LMBatches, load_tokens, prepare_lm_data, tokenizer_from_dict
 from lora import has_lora, lora_state, merged_copy
-from metrics import hellaswag_scores, read_hellaswag
+from metrics import hellaswag_scores, hellaswag_tokens, read_hellaswag
 from model import GPT, GPTConfig, model_from_state
 from ring.checkpoint import (CheckpointInfo, check_same_meaning, check_unchanged, find_checkpoint,
                              load_train_state, read_checkpoint, read_info, save_checkpoint)
@@ -31,7 +31,7 @@ from ring.download import fetch_hellaswag
 from ring.fastpaths import prepare_for_training
 from ring.rundir import Progress, RunDirectory, last_evaluation, report_end
 from ring.runtime import (StopRequest, any_rank, main_process_first, maybe_compile, mean_over_ranks,
-                          peak_flops, print0, rng_state, session, set_rng_state,
+                          peak_flops, print0, rng_state, session, set_rng_state, sum_over_ranks,
                           world_size_from_env)
 
 # --------------------------------------------------------------------------------------------------
@@ -78,14 +78,15 @@ class LanguageModelling:
     best_metric = "val_loss"
 
     def __init__(self, cfg, rt, data_dir, meta, hellaswag=None):
-        self.cfg, self.rt, self.tokens, self.hellaswag = cfg, rt, 0, hellaswag
+        self.cfg, self.rt, self.tokens, self.hellaswag = cfg, rt, 0, None
         train_tokens = load_tokens(data_dir, meta, "train")
         val_tokens = load_tokens(data_dir, meta, "val")
         # Every process draws the same windows for the whole step and takes its own rows of each
         # micro-batch, so the step's batch does not depend on the number of processes.
         self.sampler = LMBatches(train_tokens, cfg.block_size, cfg.batch_size, seed=cfg.seed)
         # Evaluation uses the same batches every time (their own fixed seed), so numbers are
-        # comparable across evaluations and across runs.
+        # comparable across evaluations and across runs. Each process scores its own rows of them
+        # (and its share of the HellaSwag examples), and the sums are added up across processes.
         self.eval_sets, self.bytes_per_token = {}, {}
         token_bytes = tokenizer_from_dict(meta["tokenizer"]).token_bytes()
         for split, tokens in (("train", train_tokens), ("val", val_tokens)):
@@ -93,7 +94,10 @@ class LanguageModelling:
             batches = [fixed.batch_at(row) for row in fixed.offsets(cfg.eval_iters)]
             targets = torch.cat([y.flatten() for _, y in batches]).numpy()
             self.bytes_per_token[split] = float(token_bytes[targets].mean())
-            self.eval_sets[split] = [rt.to_device(x, y) for x, y in batches]
+            self.eval_sets[split] = [rt.to_device(x[rt.rank :: rt.world_size],
+                                                  y[rt.rank :: rt.world_size]) for x, y in batches]
+        if hellaswag:  # tokenized once; this process's share
+            self.hellaswag = hellaswag_tokens(GPT2Tokenizer(), hellaswag[rt.rank :: rt.world_size])
         self.info = {"task": "lm", "tokenizer": meta["tokenizer"], "data": meta}
 
     def next_step(self):
@@ -114,14 +118,18 @@ class LanguageModelling:
         model.eval()
         out = {}
         for split, batches in self.eval_sets.items():
-            losses = [model(x, y)[1].float() for x, y in batches]
-            out[f"{split}_loss"] = torch.stack(losses).mean().item()
+            total = torch.zeros(2, device=self.rt.device)  # the targets' summed loss, and count
+            for x, y in batches:
+                total += torch.stack([model(x, y)[1].float(), torch.ones_like(total[0])]) * y.numel()
+            total = sum_over_ranks(self.rt, total)
+            out[f"{split}_loss"] = (total[0] / total[1]).item()
         # Perplexity, exp(mean cross-entropy): the number of equally likely tokens the model is as
         # unsure as.
         out["val_perplexity"] = math.exp(out["val_loss"])
         out["val_bpb"] = bits_per_byte(out["val_loss"], self.bytes_per_token["val"])
-        if self.hellaswag:  # common-sense completion: see metrics.hellaswag_scores
-            out.update(hellaswag_scores(model, GPT2Tokenizer(), self.hellaswag, self.rt.device))
+        if self.hellaswag is not None:  # common-sense completion: see metrics.hellaswag_scores
+            out.update(hellaswag_scores(model, self.hellaswag, self.rt.device,
+                                        total=lambda counts: sum_over_ranks(self.rt, counts)))
         model.train()
         return out
 

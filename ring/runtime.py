@@ -226,13 +226,19 @@ def any_rank(rt, flag):
     return bool(t.item())
 
 
+def sum_over_ranks(rt, value):
+    """The sum of a tensor over all processes (a collective), where value is (on the CPU for
+    gloo, on the GPU for NCCL)."""
+    if rt.world_size == 1:
+        return value
+    reduced = value.to(rt.device if rt.device_type == "cuda" else "cpu", copy=True)
+    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+    return reduced.to(value.device)
+
+
 def mean_over_ranks(rt, value):
     """The mean of a scalar tensor over all processes (a collective)."""
-    if rt.world_size > 1:
-        value = value.clone()
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
-        value /= rt.world_size
-    return value
+    return sum_over_ranks(rt, value) / rt.world_size
 
 
 def peak_flops(rt):

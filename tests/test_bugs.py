@@ -78,6 +78,30 @@ def test_language_modelling_evaluates_each_split_on_its_own_tokens(tmp_path):
     assert all(set(t) <= set("abcdefghXYZ") and set(t) & set("abcdefgh") for t in seen["train"])
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_each_process_evaluates_its_own_rows_and_share_of_hellaswag(tmp_path, rank):
+    # Evaluation scales with processes: of every fixed evaluation batch a process keeps its own
+    # rows (as in training), and of the HellaSwag examples its own share, tokenized once.
+    from dataclasses import replace
+
+    from ring.runtime import setup_runtime
+    from train import LanguageModelling, TrainConfig
+
+    (tmp_path / "t.txt").write_text("abcdefgh" * 100)
+    out, meta = prepare_lm_data(str(tmp_path / "t.txt"), "char", tmp_path / "data")
+    cfg = TrainConfig(block_size=8, batch_size=4, eval_iters=3)
+    one = LanguageModelling(cfg, setup_runtime("cpu", "float32"), out, meta)
+    rt = replace(setup_runtime("cpu", "float32"), world_size=2, rank=rank)
+    examples = [{"ctx": f"context {i}", "endings": ["a", "b", "c", "d"], "label": 0}
+                for i in range(5)]
+    mine = LanguageModelling(cfg, rt, out, meta, hellaswag=examples)
+    for split, batches in one.eval_sets.items():
+        assert [x.tolist() for x, _ in mine.eval_sets[split]] == \
+            [x[rank::2].tolist() for x, _ in batches]
+    assert [e["ctx"] for e in mine.hellaswag] == [e["ctx"] for e in examples[rank::2]]
+    assert all("ctx_ids" in e for e in mine.hellaswag)
+
+
 # --------------------------------------------------------------------------------------------------
 # model.py
 

@@ -14,7 +14,7 @@ import data
 import evaluate
 import train
 from data import GPT2Tokenizer, prepare_lm_data
-from metrics import hellaswag_scores, read_hellaswag
+from metrics import hellaswag_scores, hellaswag_tokens, read_hellaswag
 from model import GPT
 from ring import download
 from ring.config import UserError
@@ -150,7 +150,7 @@ def test_a_hellaswag_example_longer_than_the_block_keeps_its_last_tokens(tmp_pat
             mean.append(sum(costs) / len(costs))
         right["acc"] += int(np.argmin(total) == e["label"])
         right["acc_norm"] += int(np.argmin(mean) == e["label"])
-    scores = hellaswag_scores(model, tokenizer, examples, "cpu", batch_size=2)
+    scores = hellaswag_scores(model, hellaswag_tokens(tokenizer, examples), "cpu", batch_size=2)
     assert scores["hellaswag_acc"] == right["acc"] / len(examples)
     assert scores["hellaswag_acc_norm"] == right["acc_norm"] / len(examples)
 

@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from data import GPT2Tokenizer
-from metrics import hellaswag_scores
+from metrics import hellaswag_scores, hellaswag_tokens
 from model import GPT
 from ring import download
 from ring.config import UserError
@@ -74,7 +74,7 @@ def test_scores_equal_an_independent_computation(tmp_path):
                 "hellaswag_acc_norm": sum(p[1] == y for p, y in zip(picks, labels)) / len(examples),
                 "hellaswag_examples": len(examples)}
     for batch_size in (1, 2, 8):  # padding never changes a score
-        assert hellaswag_scores(model, tokenizer, examples, "cpu", batch_size) == expected
+        assert hellaswag_scores(model, hellaswag_tokens(tokenizer, examples), "cpu", batch_size) == expected
     assert any(p[0] != p[1] for p in picks)  # the two rules disagree somewhere: both are tested
 
 
@@ -121,7 +121,7 @@ def test_evaluate_scores_hellaswag_and_a_corpus_validation_split(tmp_path, capsy
     evaluate.main([str(tmp_path / "lm"), f"--hellaswag={path}", "--out", str(tmp_path / "h.json"),
                    "--device=cpu", "--dtype=float32"])
     scored = json.loads((tmp_path / "h.json").read_text())
-    expected = hellaswag_scores(model, GPT2Tokenizer(), read_hellaswag(path), "cpu")
+    expected = hellaswag_scores(model, hellaswag_tokens(GPT2Tokenizer(), read_hellaswag(path)), "cpu")
     assert {k: scored[k] for k in expected} == expected
     assert "HellaSwag (" in capsys.readouterr().out
     # a corpus: the loss over its validation split, as train.py prepares it

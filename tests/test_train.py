@@ -191,6 +191,23 @@ def test_ddp_two_processes_match_one_on_the_same_global_batch(tmp_path):
         assert ddp[k] == pytest.approx(single[k], abs=1e-5)
 
 
+def test_two_processes_evaluate_as_one_does(tmp_path):
+    # Each process scores its rows of the validation batches and its share of the HellaSwag
+    # examples; the sums added up across processes give one process's numbers.
+    from test_hellaswag import EXAMPLES, write_file
+
+    (tmp_path / "data" / "hellaswag").mkdir(parents=True)
+    write_file(tmp_path / "data" / "hellaswag" / "hellaswag_val.jsonl", EXAMPLES)
+    options = dict(tokenizer="gpt2", n_embd=16, dropout=0.0, max_iters=0, eval_iters=3,
+                   eval_hellaswag=5)
+    train.main(tiny_run(tmp_path, "single", **options))
+    torchrun(tmp_path, "ddp", **options)
+    [single], [ddp] = metrics(tmp_path / "single"), metrics(tmp_path / "ddp")
+    for key in ("train_loss", "val_loss", "val_bpb", "hellaswag_acc", "hellaswag_acc_norm"):
+        assert ddp[key] == pytest.approx(single[key], rel=1e-6), key
+    assert ddp["hellaswag_examples"] == single["hellaswag_examples"] == 5
+
+
 def test_init_from_a_checkpoint_needs_its_tokenizer(tmp_path):
     train.main(tiny_run(tmp_path, "first", max_iters=2))
     # continuing a char-level run of ours on the same text: the same vocabulary, so it starts from its weights
