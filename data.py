@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ring import corpus
+from leakage import report_leakage
+from ring import corpus, tables
 from ring.config import UserError, parse_config, run_main, setting
 from ring.download import HUB_CORPORA, download, fetch_hub_corpus, gpt2_encoding
 
@@ -389,6 +390,148 @@ class LengthBatches:
     def load_state_dict(self, state):
         self.seed, self.epoch, self.position = state["seed"], state["epoch"], state["position"]
         self._batches = self.epoch_batches(self.epoch)
+
+
+# --------------------------------------------------------------------------------------------------
+# Labelled data: the examples a classifier trains on, is chosen by, and is tested on
+
+TRUNCATIONS = ("head", "tail", "head_tail")
+
+
+def truncate(ids, n, how):
+    """At most n of a text's token ids: its start (head), its end (tail) or both (head_tail).
+
+    A classifier reads one vector per text, so a long text must be cut to the model's context. For
+    long reviews, keeping the start and the end beats either alone ("How to Fine-Tune BERT for Text
+    Classification?", Sun et al. 2019: the first quarter of the budget from the head, the rest from
+    the tail): a review's opening sets the subject and its ending gives the verdict."""
+    ids = list(ids)
+    if len(ids) <= n:
+        return ids
+    if how == "head":
+        return ids[:n]
+    if how == "tail":
+        return ids[len(ids) - n :]
+    head = n // 4
+    return ids[:head] + ids[len(ids) - (n - head) :]
+
+
+def read_labelled(path, text_column, label_column, tokenizer, block_size, truncation, cache_dir):
+    """The examples of a table (ring/tables.py reads, checks and caches its tokens), each cut to
+    block_size tokens the truncation's way."""
+    split = tables.load_labelled_file(path, text_column, label_column, tokenizer, cache_dir)
+    cut = sum(len(t) > block_size for t in split.tokens)
+    split.tokens = [np.asarray(truncate(t, block_size, truncation), dtype=np.uint16)
+                    for t in split.tokens]
+    if cut:
+        split.note += f"; {cut:,} texts cut to {block_size} tokens ({truncation})"
+    return split
+
+
+def stratified_choice(labels, counts, seed):
+    """Indices of counts[label] examples of each label, chosen at random with seed (sorted)."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in sorted(counts):
+        members = np.flatnonzero(labels == label)
+        rng.shuffle(members)
+        chosen.extend(members[: counts[label]].tolist())
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
+def stratified_split(labels, fraction, seed):
+    """(kept, held out) indices: `fraction` of each label's examples held out, chosen at random with
+    seed, so the held-out part has the same label proportions as the whole."""
+    names, sizes = np.unique(labels, return_counts=True)
+    counts = {label: round(fraction * n) for label, n in zip(names, sizes)}
+    held = stratified_choice(labels, counts, seed)
+    return np.setdiff1d(np.arange(len(labels)), held), held
+
+
+def sample_of(split, n, seed):
+    """n examples of a split, in the split's label proportions (largest remainders), seeded: for
+    the curve of accuracy against the labels a model learns from, and for quick runs. The whole
+    split when n is 0 or not smaller than it."""
+    if not 0 < n < len(split):
+        return split
+    names, sizes = np.unique(split.labels, return_counts=True)
+    quota = sizes * n / len(split)
+    counts = np.floor(quota).astype(int)
+    counts[np.argsort(counts - quota, kind="stable")[: n - counts.sum()]] += 1
+    chosen = stratified_choice(split.labels, dict(zip(names, counts.tolist())), seed)
+    return split.subset(chosen, f"{n:,} of {split.source}")
+
+
+@dataclass
+class ClassificationData:
+    labels: list  # the label names; class i is labels[i]
+    splits: dict  # "train", "val", "test" -> tables.LabelledTexts
+    notes: list  # what reading and checking the data found, to print (on one process)
+
+    def targets(self, split):
+        """The class ids of a split's examples."""
+        index = {name: i for i, name in enumerate(self.labels)}
+        names = self.splits[split].labels.tolist()
+        return np.array([index[name] for name in names], dtype=np.int64)
+
+
+def load_classification_data(dataset, tokenizer, data_dir, *, val_dataset="", test_dataset="",
+                             text_column="", label_column="", val_fraction=0.1, block_size=256,
+                             truncation="head", max_train_samples=0, max_val_samples=0,
+                             max_test_samples=0, drop_leaked=False, seed=1337):
+    """Train, validation and test examples of a classification dataset, and its label names.
+
+    A named dataset brings its own test (and maybe validation) file; --val_dataset / --test_dataset
+    name them for a local file. A split that is not given is carved out of train: val_fraction of
+    each label, always the same (SPLIT_SEED). Texts shared by two splits are reported (leakage.py):
+    they make validation and test scores optimistic; drop_leaked removes them from training.
+    max_*_samples: a stratified sample of a split, drawn with seed for train (each seed of a study
+    trains on other examples), with SPLIT_SEED for val and test (which stay the same)."""
+    paths, default_text, default_label = tables.resolve_cls_dataset(dataset, data_dir)
+    paths.update({name: Path(p) for name, p in (("val", val_dataset), ("test", test_dataset)) if p})
+    splits = {name: read_labelled(paths[name], text_column or default_text,
+                                  label_column or default_label, tokenizer, block_size,
+                                  truncation, Path(data_dir) / "cls")
+              for name in ("train", "val", "test") if name in paths}
+    notes = [s.note for s in splits.values()]
+    labels = tables.sorted_labels(splits["train"].labels)
+    splits = carve_splits(splits, labels, val_fraction)
+    splits, leaks = report_leakage(splits, drop_leaked)
+    limits = {"train": max_train_samples, "val": max_val_samples, "test": max_test_samples}
+    splits = {name: sample_of(splits[name], limits[name], seed if name == "train" else SPLIT_SEED)
+              for name in ("train", "val", "test")}
+    data = ClassificationData(labels, splits, notes + leaks)
+    for name, split in data.splits.items():
+        counts = np.bincount(data.targets(name), minlength=len(labels))
+        shown = ", ".join(f"{label} {n:,}" for label, n in zip(labels, counts))
+        data.notes.append(f"{name}: {len(split):,} examples ({shown}) from {split.source}")
+    return data
+
+
+def carve_splits(splits, labels, val_fraction):
+    """train, val and test: those the dataset lacks carved out of train, stratified. Every label of
+    val and test must occur in train (a classifier cannot learn a class it never sees)."""
+    if len(labels) < 2:
+        raise UserError(f"{splits['train'].source}: every example has the label '{labels[0]}'; a "
+                        "classifier needs at least two classes")
+    for name in ("test", "val"):
+        if name not in splits:
+            train = splits["train"]
+            kept, held = stratified_split(train.labels, val_fraction, SPLIT_SEED)
+            if len(held) == 0:
+                raise UserError(f"val_fraction {val_fraction} of {len(train)} examples leaves no "
+                                f"{name} examples")
+            splits[name] = train.subset(held, f"{val_fraction:.0%} of {train.source}")
+            splits["train"] = train.subset(kept, train.source)
+    for name in ("val", "test"):
+        unseen = sorted(set(splits[name].labels.tolist()) - set(labels))
+        if unseen:
+            rows = int((splits[name].labels == unseen[0]).sum())
+            rows = "1 row" if rows == 1 else f"{rows} rows"
+            more = f" and {len(unseen) - 1} more new labels" if len(unseen) > 1 else ""
+            raise UserError(f"{splits[name].source}: label '{unseen[0]}' ({rows}){more} never "
+                            f"occurs in the training data (labels: {', '.join(labels)})")
+    return {name: splits[name] for name in ("train", "val", "test")}
 
 
 # --------------------------------------------------------------------------------------------------

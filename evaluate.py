@@ -29,7 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data import TokenStream, load_tokens, prepare_lm_data, tokenizer_from_dict
+from data import (TokenStream, load_tokens, prepare_lm_data, read_labelled, sample_of,
+                  tokenizer_from_dict)
 from metrics import (classify_texts, evaluate_classifier, format_report, hellaswag_scores,
                      hellaswag_tokens, logged, read_hellaswag, split_batches)
 from sample import for_inference
@@ -38,8 +39,7 @@ from ring.config import UserError, check_settings, parse_config, run_main, setti
 from ring.download import fetch_hellaswag
 from ring.files import check_output_file, read_text, write_file
 from ring.runtime import setup_runtime
-from ring.tables import (load_labelled_file, pick_columns, read_table, sample_of,
-                         spreadsheet_safe, table_texts)
+from ring.tables import pick_columns, read_table, spreadsheet_safe, table_texts
 
 
 @torch.inference_mode()
@@ -118,8 +118,8 @@ def evaluate_hellaswag(model, tokenizer, info, args, device):
 
 def evaluate_table(model, tokenizer, info, path, args, device):
     truncation = (info.run or {}).get("truncation", "head")
-    split = load_labelled_file(path, args.text_column, args.label_column, tokenizer,
-                               model.config.block_size, truncation, Path(args.data_dir) / "cls")
+    split = read_labelled(path, args.text_column, args.label_column, tokenizer,
+                          model.config.block_size, truncation, Path(args.data_dir) / "cls")
     unknown = sorted(set(split.labels.tolist()) - set(info.labels))
     if unknown:
         raise UserError(f"{path}: label '{unknown[0]}' is not one of the classifier's labels "

@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
-from data import SPLIT_SEED, GPT2Tokenizer, LengthBatches
+from data import TRUNCATIONS, GPT2Tokenizer, LengthBatches, load_classification_data
 from lora import choose_trainable, lora_state
 from metrics import evaluate_classifier, format_report, logged, split_batches
 from model import GPTClassifier, GPTConfig
@@ -29,7 +29,6 @@ from train import (TrainConfig, fit_to_run, load_model, run, run_session, starti
                    train_loop)
 from ring.config import UserError, parse_config, run_main, setting, with_defaults
 from ring.runtime import main_process_first, peak_memory, print0
-from ring.tables import TRUNCATIONS, load_classification_data
 
 # --------------------------------------------------------------------------------------------------
 # Classification: the objective for train.py's loop
@@ -149,8 +148,7 @@ def run_classification(cfg):
             label_column=cfg.label_column, val_fraction=cfg.val_fraction,
             block_size=cfg.block_size, truncation=cfg.truncation,
             max_train_samples=cfg.max_train_samples, max_val_samples=cfg.max_val_samples,
-            max_test_samples=cfg.max_test_samples, drop_leaked=cfg.drop_leaked, seed=cfg.seed,
-            split_seed=SPLIT_SEED))
+            max_test_samples=cfg.max_test_samples, drop_leaked=cfg.drop_leaked, seed=cfg.seed))
         print0(rt, "\n".join(data.notes))
         labels = data.labels
         majority = int(np.bincount(data.targets("train"), minlength=len(labels)).argmax())

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from data import pad_batch
+from data import pad_batch, truncate
 from ring.config import UserError
-from ring.tables import classifier_text, open_text, table_rows, truncate
+from ring.tables import classifier_text, open_text, table_rows
 
 
 def classification_metrics(y_true, y_pred, n_classes):

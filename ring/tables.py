@@ -1,15 +1,14 @@
 """
-Labelled tables for classification: reading them, checking them, splitting them, caching their
-tokens.
+Labelled tables for classification: the named datasets and their downloads, reading tables of any
+kind (CSV, TSV, JSON Lines, gzip-compressed or not), and their tokens, cached.
 
-    load_classification_data(dataset, tokenizer, ...)   train / val / test examples, label names
-    read_table(path)                                    rows of a .csv, .tsv or .jsonl (or .gz)
+    resolve_cls_dataset(dataset, data_dir)   the files of a named dataset, downloaded once
+    table_rows(f, path), read_table(path)    the rows of a table, each problem one line
+    load_labelled_file(path, ..., cache_dir) a file's texts, labels and tokens (cached by sha256)
 
-A labelled dataset is a table with a text column and a label column. Each file is read, checked and
-tokenized once; the result is cached in data_dir/cls/, keyed by the file's sha256 and the options,
-so later runs start at once. Splits that the dataset does not provide are carved out of the training
-file, stratified by label. Texts shared between splits (leakage) are reported by leakage.py. Every
-problem with a file is one line that names the file and the lines.
+Each file is read, checked and tokenized once; the result is cached in data_dir/cls/, keyed by the
+file's sha256 and the options, so later runs start at once. What a classifier then makes of the
+examples (cut to its context, split, sampled, checked for leaks) is data.py's.
 """
 
 import csv
@@ -29,7 +28,6 @@ import numpy as np
 from ring.config import UserError
 from ring.download import download, sha256_of
 from ring.files import parse_json
-from ring.leakage import find_leakage, format_report
 
 # Named datasets: where their files come from, and which columns hold the text and the label.
 _TWEETS = "https://huggingface.co/datasets/mteb/tweet_sentiment_extraction/resolve/d604517c81ca91fe16a244d1248fc021f9ecee7a"
@@ -273,41 +271,21 @@ class LabelledTexts:
                              self.labels[indices], source)
 
 
-def truncate(ids, n, how):
-    """At most n of a text's token ids: its start (head), its end (tail) or both (head_tail).
-
-    A classifier reads one vector per text, so a long text must be cut to the model's context. For
-    long reviews, keeping the start and the end beats either alone ("How to Fine-Tune BERT for Text
-    Classification?", Sun et al. 2019: the first quarter of the budget from the head, the rest from
-    the tail): a review's opening sets the subject and its ending gives the verdict."""
-    if len(ids) <= n:
-        return ids
-    if how == "head":
-        return ids[:n]
-    if how == "tail":
-        return ids[len(ids) - n :]
-    head = n // 4
-    return ids[:head] + ids[len(ids) - (n - head) :]
-
-
-TRUNCATIONS = ("head", "tail", "head_tail")
-CLS_CACHE_VERSION = 2  # bump when what the cache holds changes
+CLS_CACHE_VERSION = 3  # bump when what the cache holds changes
 HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
 
-def load_labelled_file(path, text_column, label_column, tokenizer, block_size, truncation,
-                       cache_dir):
-    """The examples of one file, tokenized and cut to block_size tokens; cached in cache_dir.
-
-    Rows with an empty text or label are skipped and counted. The cache key is the file's sha256
-    plus every option that changes the result, so editing the file or an option rebuilds it."""
+def load_labelled_file(path, text_column, label_column, tokenizer, cache_dir):
+    """The examples of one file, tokenized whole; cached in cache_dir (data.read_labelled cuts them
+    to a model's context). Rows with an empty text or label are skipped and counted. The cache key
+    is the file's sha256 plus every option that changes the result, so editing the file or an
+    option rebuilds it."""
     path = Path(path)
-    options = [sha256_of(path), text_column, label_column, block_size, truncation,
-               tokenizer.to_dict(), CLS_CACHE_VERSION]
+    options = [sha256_of(path), text_column, label_column, tokenizer.to_dict(), CLS_CACHE_VERSION]
     key = hashlib.sha256(json.dumps(options).encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"{path.name}-{key}.npz"
     if not cache.exists():
-        _tokenize_file(path, text_column, label_column, tokenizer, block_size, truncation, cache)
+        _tokenize_file(path, text_column, label_column, tokenizer, cache)
     with np.load(cache, allow_pickle=False) as f:
         ids, offsets, labels = f["ids"], f["offsets"], f["labels"]
         text_bytes, text_offsets = f["texts"].tobytes(), f["text_offsets"]
@@ -319,8 +297,6 @@ def load_labelled_file(path, text_column, label_column, tokenizer, block_size, t
     if stats["skipped"]:
         rows = "1 row" if stats["skipped"] == 1 else f"{stats['skipped']:,} rows"
         note += f"; skipped {rows} with an empty text or label ({_lines(stats['skipped_lines'])})"
-    if stats["truncated"]:
-        note += f"; {stats['truncated']:,} texts cut to {block_size} tokens ({truncation})"
     return LabelledTexts(texts, tokens, labels, str(path), note)
 
 
@@ -352,10 +328,10 @@ def spreadsheet_safe(cell):
     return cell
 
 
-def _tokenize_file(path, text_column, label_column, tokenizer, block_size, truncation, cache):
+def _tokenize_file(path, text_column, label_column, tokenizer, cache):
     columns, rows = read_table(path)
     text_columns, label_column = pick_columns(columns, text_column, label_column, path)
-    texts, tokens, labels, skipped_lines, truncated = [], [], [], [], 0
+    texts, tokens, labels, skipped_lines = [], [], [], []
     for line, row in rows:
         text = table_texts(row, text_columns)
         label = row.get(label_column)
@@ -363,9 +339,7 @@ def _tokenize_file(path, text_column, label_column, tokenizer, block_size, trunc
         if not text.strip() or not label:
             skipped_lines.append(line)
             continue
-        ids = tokenizer.encode(text)
-        truncated += len(ids) > block_size
-        tokens.append(np.array(truncate(ids, block_size, truncation), dtype=np.uint16))
+        tokens.append(np.array(tokenizer.encode(text), dtype=np.uint16))
         labels.append(label)
         texts.append(text.encode())
     if not labels:
@@ -373,8 +347,7 @@ def _tokenize_file(path, text_column, label_column, tokenizer, block_size, trunc
     if tokenizer.vocab_size > 65536:
         raise UserError("vocabularies larger than 65536 do not fit the uint16 token cache")
     stats = {"text_columns": text_columns, "label_column": label_column,
-             "skipped": len(skipped_lines), "skipped_lines": skipped_lines[:10],
-             "truncated": truncated}
+             "skipped": len(skipped_lines), "skipped_lines": skipped_lines[:10]}
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f".{cache.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as f:
@@ -394,131 +367,3 @@ def sorted_labels(names):
     return sorted(distinct)
 
 
-def stratified_choice(labels, counts, seed):
-    """Indices of counts[label] examples of each label, chosen at random with seed (sorted)."""
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for label in sorted(counts):
-        members = np.flatnonzero(labels == label)
-        rng.shuffle(members)
-        chosen.extend(members[: counts[label]].tolist())
-    return np.array(sorted(chosen), dtype=np.int64)
-
-
-def stratified_split(labels, fraction, seed):
-    """(kept, held out) indices: `fraction` of each label's examples held out, chosen at random with
-    seed, so the held-out part has the same label proportions as the whole."""
-    names, sizes = np.unique(labels, return_counts=True)
-    counts = {label: round(fraction * n) for label, n in zip(names, sizes)}
-    held = stratified_choice(labels, counts, seed)
-    return np.setdiff1d(np.arange(len(labels)), held), held
-
-
-def sample_of(split, n, seed):
-    """n examples of a split, in the split's label proportions (largest remainders), seeded: for
-    quick runs. The whole split when n is 0 or not smaller than it."""
-    if not 0 < n < len(split):
-        return split
-    names, sizes = np.unique(split.labels, return_counts=True)
-    quota = sizes * n / len(split)
-    counts = np.floor(quota).astype(int)
-    counts[np.argsort(counts - quota, kind="stable")[: n - counts.sum()]] += 1
-    chosen = stratified_choice(split.labels, dict(zip(names, counts.tolist())), seed)
-    return split.subset(chosen, f"{n:,} of {split.source}")
-
-
-@dataclass
-class ClassificationData:
-    labels: list  # the label names; class i is labels[i]
-    splits: dict  # "train", "val", "test" -> LabelledTexts
-    notes: list  # what reading and checking the data found, to print (on one process)
-
-    def targets(self, split):
-        """The class ids of a split's examples."""
-        index = {name: i for i, name in enumerate(self.labels)}
-        names = self.splits[split].labels.tolist()
-        return np.array([index[name] for name in names], dtype=np.int64)
-
-
-def load_classification_data(dataset, tokenizer, data_dir, *, val_dataset="", test_dataset="",
-                             text_column="", label_column="", val_fraction=0.1, block_size=256,
-                             truncation="head", max_train_samples=0, max_val_samples=0,
-                             max_test_samples=0, drop_leaked=False, seed=1337, split_seed=1337):
-    """Train, validation and test examples of a classification dataset, and its label names.
-
-    A named dataset brings its own test (and maybe validation) file; --val_dataset / --test_dataset
-    name them for a local file. A split that is not given is carved out of train: val_fraction of
-    each label, chosen with split_seed. Texts shared by two splits are reported (leakage.py): they
-    make validation and test scores optimistic; drop_leaked removes them from the training split.
-    max_*_samples: a stratified sample of a split, chosen with seed for train (each seed of a
-    study trains on other examples) and with split_seed for val and test (which stay the same)."""
-    paths, default_text, default_label = resolve_cls_dataset(dataset, data_dir)
-    if val_dataset:
-        paths["val"] = Path(val_dataset)
-    if test_dataset:
-        paths["test"] = Path(test_dataset)
-    text_column, label_column = text_column or default_text, label_column or default_label
-    cache_dir = Path(data_dir) / "cls"
-    splits = {name: load_labelled_file(paths[name], text_column, label_column, tokenizer,
-                                       block_size, truncation, cache_dir)
-              for name in ("train", "val", "test") if name in paths}
-    loaded = list(splits.values())
-
-    train = splits["train"]
-    labels = sorted_labels(train.labels)
-    if len(labels) < 2:
-        raise UserError(f"{train.source}: every example has the label '{labels[0]}'; a classifier "
-                        "needs at least two classes")
-    for name in ("test", "val"):
-        if name not in splits:
-            kept, held = stratified_split(train.labels, val_fraction, split_seed)
-            if len(held) == 0:
-                raise UserError(f"val_fraction {val_fraction} of {len(train)} examples leaves no "
-                                f"{name} examples")
-            splits[name] = train.subset(held, f"{val_fraction:.0%} of {train.source}")
-            train = train.subset(kept, train.source)
-    splits["train"] = train
-    for name in ("val", "test"):
-        unseen = sorted(set(splits[name].labels.tolist()) - set(labels))
-        if unseen:
-            rows = int((splits[name].labels == unseen[0]).sum())
-            rows = "1 row" if rows == 1 else f"{rows} rows"
-            more = f" and {len(unseen) - 1} more new labels" if len(unseen) > 1 else ""
-            raise UserError(f"{splits[name].source}: label '{unseen[0]}' ({rows}){more} never "
-                            f"occurs in the training data (labels: {', '.join(labels)})")
-    splits = {name: splits[name] for name in ("train", "val", "test")}
-    splits, notes = report_leakage(splits, drop_leaked)
-    limits = {"train": max_train_samples, "val": max_val_samples, "test": max_test_samples}
-    for name, n in limits.items():
-        splits[name] = sample_of(splits[name], n, seed if name == "train" else split_seed)
-    notes = [s.note for s in loaded] + notes
-    data = ClassificationData(labels, splits, notes)
-    for name, split in data.splits.items():
-        counts = np.bincount(data.targets(name), minlength=len(labels))
-        shown = ", ".join(f"{label} {n:,}" for label, n in zip(labels, counts))
-        notes.append(f"{name}: {len(split):,} examples ({shown}) from {split.source}")
-    return data
-
-
-def report_leakage(splits, drop_leaked):
-    """The texts that two splits share (exact and near duplicates, see leakage.py), reported; with
-    drop_leaked, the training split without them. Returns (splits, lines to print)."""
-    report = find_leakage({name: s.texts for name, s in splits.items()},
-                          {name: s.labels.tolist() for name, s in splits.items()},
-                          train_split="train")
-    leaked = {key: sum(len(d.rows_b) for d in dups.values()) for key, dups in report.pairs.items()}
-    notes = []
-    if any(leaked.values()):
-        notes.append(format_report(report))
-        notes.append("warning: leakage: scores on a split that shares texts with train are "
-                     "optimistic" + ("" if drop_leaked else " (--drop_leaked=True removes them "
-                                                            "from train)"))
-    if drop_leaked and report.train_drop:
-        train = splits["train"]
-        kept = np.setdiff1d(np.arange(len(train)), np.asarray(sorted(report.train_drop)))
-        if not len(kept):
-            raise UserError(f"every one of the {len(train):,} training texts is also in another "
-                            "split: --drop_leaked=True leaves nothing to train on")
-        source = f"{train.source} less {len(train) - len(kept):,} texts shared with other splits"
-        splits = {**splits, "train": train.subset(kept, source)}
-    return splits, notes

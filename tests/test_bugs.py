@@ -200,7 +200,7 @@ def test_a_classification_step_weighs_each_micro_batch_by_its_rows(tmp_path, ran
     import finetune
     from data import GPT2Tokenizer
     from ring.runtime import setup_runtime
-    from ring.tables import load_classification_data
+    from data import load_classification_data
     from test_finetune import separable_rows, write_csv
 
     write_csv(tmp_path / "train.csv", separable_rows(25, seed=3))
@@ -298,7 +298,7 @@ def test_classify_texts_cuts_long_texts_as_training_did(truncation):
     from data import GPT2Tokenizer
     from metrics import classify_texts
     from model import GPTClassifier
-    from ring.tables import truncate
+    from data import truncate
 
     model = GPTClassifier(tiny_config(vocab_size=50257, n_classes=2)).eval()
     with torch.no_grad():

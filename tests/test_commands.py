@@ -31,7 +31,8 @@ from ring.checkpoint import save_checkpoint
 from ring.config import UserError, parse_config
 from ring.files import check_output_dir, check_output_file, read_text, write_file
 from ring.runtime import setup_runtime
-from ring.tables import load_labelled_file, spreadsheet_safe
+from data import read_labelled
+from ring.tables import spreadsheet_safe
 from conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -392,7 +393,7 @@ def test_a_text_is_prepared_for_a_classifier_the_same_way_on_every_path(tmp_path
     review = "A slow start.<br /><br />Then it is wonderful, truly.<BR>Go and see it<br />"
     with open(tmp_path / "train.csv", "w", newline="") as f:
         csv.writer(f).writerows([("text", "label"), (review, "positive"), ("bad", "negative")])
-    split = load_labelled_file(tmp_path / "train.csv", "", "", GPT2Tokenizer(), 64, "head",
+    split = read_labelled(tmp_path / "train.csv", "", "", GPT2Tokenizer(), 64, "head",
                                tmp_path / "c")
 
     def probabilities(ids):

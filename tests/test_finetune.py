@@ -29,7 +29,8 @@ from ring import download
 from ring import tables
 from ring.checkpoint import save_checkpoint
 from ring.config import UserError
-from ring.tables import load_classification_data, read_table, resolve_cls_dataset
+from data import load_classification_data
+from ring.tables import read_table, resolve_cls_dataset
 from conftest import tiny_config
 
 ROOT = Path(__file__).parents[1]
@@ -322,13 +323,13 @@ def test_reads_csv_tsv_jsonl_and_gzip_with_guessed_or_combined_columns(tmp_path,
     with gzip.open(tmp_path / "d.csv.gz", "wt", newline="", encoding="utf-8") as f:
         f.write("Sentence,Class\nhello,1\nbye,10\nagain,2\n")
     cache = tmp_path / "cache"
-    a = tables.load_labelled_file(tmp_path / "a.csv", "title,review", "", tokenizer, 64, "head", cache)
+    a = data.read_labelled(tmp_path / "a.csv", "title,review", "", tokenizer, 64, "head", cache)
     assert a.labels.tolist() == ["pos", "neg"] and tokenizer.decode(a.tokens[0].tolist()) == "Great\nloved it, truly"
-    b = tables.load_labelled_file(tmp_path / "b.tsv", "", "", tokenizer, 64, "head", cache)
+    b = data.read_labelled(tmp_path / "b.tsv", "", "", tokenizer, 64, "head", cache)
     assert tokenizer.decode(b.tokens[0].tolist()) == 'she said "hi'  # TSV: a quote is just a character
-    c = tables.load_labelled_file(tmp_path / "c.jsonl", "", "", tokenizer, 64, "head", cache)
+    c = data.read_labelled(tmp_path / "c.jsonl", "", "", tokenizer, 64, "head", cache)
     assert c.labels.tolist() == ["two", "one"]  # label_text (names) is preferred over label (ids)
-    d = tables.load_labelled_file(tmp_path / "d.csv.gz", "", "", tokenizer, 64, "head", cache)
+    d = data.read_labelled(tmp_path / "d.csv.gz", "", "", tokenizer, 64, "head", cache)
     assert tables.sorted_labels(d.labels) == ["1", "2", "10"]  # integer labels sort as numbers
 
 
@@ -348,15 +349,15 @@ def test_splits_are_stratified_and_leakage_is_reported(tmp_path, tokenizer):
 
 def test_token_cache_is_reused_and_rebuilt_when_the_file_or_options_change(tmp_path, tokenizer, monkeypatch):
     write_csv(tmp_path / "t.csv", [("one two three four", "a"), ("five", "b")])
-    first = tables.load_labelled_file(tmp_path / "t.csv", "", "", tokenizer, 64, "head", tmp_path / "cache")
+    first = data.read_labelled(tmp_path / "t.csv", "", "", tokenizer, 64, "head", tmp_path / "cache")
     monkeypatch.setattr(tables, "read_table", lambda path: pytest.fail("read the file again"))
-    again = tables.load_labelled_file(tmp_path / "t.csv", "", "", tokenizer, 64, "head", tmp_path / "cache")
+    again = data.read_labelled(tmp_path / "t.csv", "", "", tokenizer, 64, "head", tmp_path / "cache")
     assert [t.tolist() for t in again.tokens] == [t.tolist() for t in first.tokens]
     monkeypatch.undo()
-    cut = tables.load_labelled_file(tmp_path / "t.csv", "", "", tokenizer, 2, "head", tmp_path / "cache")
+    cut = data.read_labelled(tmp_path / "t.csv", "", "", tokenizer, 2, "head", tmp_path / "cache")
     assert [len(t) for t in cut.tokens] == [2, 1]
     write_csv(tmp_path / "t.csv", [("changed", "a"), ("five", "b")])
-    changed = tables.load_labelled_file(tmp_path / "t.csv", "", "", tokenizer, 64, "head", tmp_path / "cache")
+    changed = data.read_labelled(tmp_path / "t.csv", "", "", tokenizer, 64, "head", tmp_path / "cache")
     assert tokenizer.decode(changed.tokens[0].tolist()) == "changed"
 
 

@@ -5,8 +5,8 @@ import tracemalloc
 
 import pytest
 
-from ring import leakage
-from ring.leakage import find_leakage, format_report, normalise, shingles
+import leakage
+from leakage import find_leakage, format_report, normalise, shingles
 
 # ---------------------------------------------------------------------------- normalise
 

@@ -21,7 +21,7 @@ from model import GPT
 from train import load_model
 from ring.checkpoint import save_checkpoint
 from ring.config import UserError, parse_config
-from ring.tables import load_classification_data, truncate
+from data import load_classification_data, truncate
 from conftest import tiny_config
 from test_finetune import cls_args, metrics, write_csv
 from test_train import interrupt_during_micro_batch, tiny_run
@@ -185,9 +185,9 @@ def test_long_texts_keep_their_head_their_tail_or_both():
 
 def test_html_line_breaks_become_newlines(tmp_path):
     write_csv(tmp_path / "t.csv", [("Great.<br /><br />Really<BR>good", "pos"), ("Bad", "neg")])
-    from ring.tables import load_labelled_file
+    from data import read_labelled
 
-    split = load_labelled_file(tmp_path / "t.csv", "", "", GPT2Tokenizer(), 64, "head", tmp_path / "c")
+    split = read_labelled(tmp_path / "t.csv", "", "", GPT2Tokenizer(), 64, "head", tmp_path / "c")
     assert split.texts[0] == "Great.\n\nReally\ngood"
 
 

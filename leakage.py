@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ring.config import UserError
+
 # ---------------------------------------------------------------------------- normalisation
 # These patterns run on casefolded text. Each starts with a fixed character, so `re` can skip
 # straight to possible matches: 10x faster on long reviews than one starting with \b or (?<!).
@@ -358,3 +360,27 @@ def format_report(report: LeakageReport, max_examples: int = 3) -> str:
     lines.append(f"drop {len(report.train_drop):,} {report.train_split} rows to remove every "
                  "leaked text from training")
     return "\n".join(lines)
+
+
+def report_leakage(splits, drop_leaked):
+    """The texts that splits ({name: tables.LabelledTexts}) share with train, reported; with
+    drop_leaked, the training split without them. Returns (splits, lines to print)."""
+    report = find_leakage({name: s.texts for name, s in splits.items()},
+                          {name: s.labels.tolist() for name, s in splits.items()},
+                          train_split="train")
+    leaked = {key: sum(len(d.rows_b) for d in dups.values()) for key, dups in report.pairs.items()}
+    notes = []
+    if any(leaked.values()):
+        notes.append(format_report(report))
+        notes.append("warning: leakage: scores on a split that shares texts with train are "
+                     "optimistic" + ("" if drop_leaked else " (--drop_leaked=True removes them "
+                                                            "from train)"))
+    if drop_leaked and report.train_drop:
+        train = splits["train"]
+        kept = np.setdiff1d(np.arange(len(train)), np.asarray(sorted(report.train_drop)))
+        if not len(kept):
+            raise UserError(f"every one of the {len(train):,} training texts is also in another "
+                            "split: --drop_leaked=True leaves nothing to train on")
+        source = f"{train.source} less {len(train) - len(kept):,} texts shared with other splits"
+        splits = {**splits, "train": train.subset(kept, source)}
+    return splits, notes
