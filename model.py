@@ -68,7 +68,7 @@ def fused_attention(q, k, v, dropout_p=0.0):
     never materialises the (T, S) matrix of scores."""
     T, S = q.size(-2), k.size(-2)
     if T == S:
-        mask, is_causal = None, T > 1  # the usual triangle: query t sees keys 0..t
+        mask, is_causal = None, True  # the usual triangle: query t sees keys 0..t
     elif T == 1:
         mask, is_causal = None, False  # one new token (KV cache) may look at everything before it
     else:
@@ -95,22 +95,18 @@ class CausalSelfAttention(nn.Module):
         # another one here where that kernel is slow for one kind of hardware.
         self.attend = fused_attention
 
-    def forward(self, x, kv_cache=None, layer=0):
+    def forward(self, x, cache=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         hs = C // self.n_head
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-
-        if kv_cache is None:
-            past = 0
-        else:
+        if cache is not None:
             # Keys and values of earlier positions never change (they only saw earlier tokens), so
             # they are computed once and kept; the new queries attend to all of them plus the new
             # keys.
-            past = kv_cache.length
-            k, v = kv_cache.append(layer, k, v)  # (B, nh, past + T, hs)
+            k, v = cache.append(k, v)  # (B, nh, past + T, hs)
 
         dropout_p = self.attn_dropout.p if self.training else 0.0
         y = self.attend(q, k, v, dropout_p)  # (B, nh, T, hs)
@@ -147,8 +143,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, kv_cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), kv_cache, layer)
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln_1(x), cache)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -156,31 +152,36 @@ class Block(nn.Module):
 class KVCache:
     """Keys and values of every layer for the tokens seen so far, so that generating one more token
     costs one position of compute instead of re-running the whole context (see sample.generate).
-
-    Each step appends the new positions with torch.cat. That copies the cache (a few MB for GPT-2 at
-    1024 tokens) but keeps every tensor contiguous, which matters more: PyTorch's CPU attention
-    kernel is ~100x slower on a strided view into a preallocated buffer than on a contiguous tensor.
-    """
+    Each layer keeps its own (LayerCache); length counts the positions they hold."""
 
     def __init__(self, n_layer):
-        self.k = [None] * n_layer  # per layer: (B, nh, length, hs)
-        self.v = [None] * n_layer
+        self.layers = [LayerCache() for _ in range(n_layer)]
         self.length = 0
-
-    def append(self, layer, k, v):
-        """Store the new keys/values of `layer` after the cached ones; return all of them."""
-        if self.k[layer] is not None:
-            k = torch.cat([self.k[layer], k], dim=2)
-            v = torch.cat([self.v[layer], v], dim=2)
-        self.k[layer], self.v[layer] = k, v
-        return k, v
 
     def advance(self, n):
         """Called once all layers have appended n positions."""
         self.length += n
 
     def reset(self):
-        self.__init__(len(self.k))
+        self.__init__(len(self.layers))
+
+
+class LayerCache:
+    """One layer's keys and values. Each step appends the new positions with torch.cat. That copies
+    the cache (a few MB for GPT-2 at 1024 tokens) but keeps every tensor contiguous, which matters
+    more: PyTorch's CPU attention kernel is ~100x slower on a strided view into a preallocated
+    buffer than on a contiguous tensor."""
+
+    def __init__(self):
+        self.k = self.v = None  # (B, nh, length, hs)
+
+    def append(self, k, v):
+        """Store the new keys/values after the cached ones; return all of them."""
+        if self.k is not None:
+            k = torch.cat([self.k, k], dim=2)
+            v = torch.cat([self.v, v], dim=2)
+        self.k, self.v = k, v
+        return k, v
 
 
 class GPT(nn.Module):
@@ -249,8 +250,9 @@ class GPT(nn.Module):
         tok_emb = self.transformer.wte(idx)  # (B, T, C): what each token is
         pos_emb = self.transformer.wpe(pos)  # (T, C): where it is, broadcast over the batch
         x = self.transformer.drop(tok_emb + pos_emb)  # (B, T, C)
-        for layer, block in enumerate(self.transformer.h):
-            x = block(x, kv_cache, layer)
+        caches = [None] * len(self.transformer.h) if kv_cache is None else kv_cache.layers
+        for block, cache in zip(self.transformer.h, caches):
+            x = block(x, cache)
         if kv_cache is not None:
             kv_cache.advance(T)
         return self.transformer.ln_f(x)

@@ -173,7 +173,7 @@ def for_inference(model, rt, quantize="", compile=False):
         quantize_int8(model)  # from the float32 weights, before anything rounds them
     if rt.dtype != "float32":
         model.to(getattr(torch, rt.dtype))
-    return prepare_for_inference(model, rt, compile)
+    return prepare_for_inference(model, rt, compile, lambda: KVCache(model.config.n_layer))
 
 
 def load(path, rt, quantize="", compile=False):

@@ -55,13 +55,13 @@ def prepare_for_training(model, rt, compile):
     return model
 
 
-def prepare_for_inference(model, rt, compile):
+def prepare_for_inference(model, rt, compile, new_cache=None):
     """The swaps that pay for generation on rt's hardware (model already in its dtype); returns the
-    model to call (compiled, with compile)."""
+    model to call (compiled for decoding, with compile: new_cache() makes a KV cache)."""
     if rt.device_type == "cpu" and rt.dtype == "bfloat16":
         swap_attention(model, cpu_bf16_attention)
-    if compile:
-        return compile_for_decode(model, rt)
+    if compile and hasattr(model, "lm_head"):
+        return compile_for_decode(model, rt, new_cache)
     if rt.device_type == "cpu" and rt.dtype == "bfloat16":
         pack_for_cpu(model)
     return model
@@ -179,7 +179,7 @@ class RowDotLinear(nn.Module):
         self.weight, self.bias = linear.weight, linear.bias
 
     def forward(self, x):
-        if x.shape[:-1].numel() != 1:
+        if x.shape[:-1].numel() != 1 or not torch.compiler.is_compiling():
             return F.linear(x, self.weight, self.bias)
         y = (self.weight * x.unsqueeze(-2)).sum(-1)  # (..., 1, in) * (out, in) -> (..., out)
         return y if self.bias is None else y + self.bias
@@ -196,28 +196,34 @@ class RowDotInt8Linear(nn.Module):
         self.layer = layer
 
     def forward(self, x):
-        if x.shape[:-1].numel() != 1:
+        if x.shape[:-1].numel() != 1 or not torch.compiler.is_compiling():
             return self.layer(x)
         q, scale, bias = self.layer.qweight, self.layer.scale, self.layer.bias
         y = (q.to(x.dtype) * x.unsqueeze(-2)).sum(-1) * scale.to(x.dtype)  # (..., out)
         return y if bias is None else y + bias
 
 
-def compile_for_decode(model, rt):
-    """model with RowDotLinear (and RowDotInt8Linear) layers and a compiled forward, or model
-    unchanged (one-line warning) if compiling fails. Worth it for long float32 generations:
-    compiling takes 10-40 s on a CPU."""
+def compile_for_decode(model, rt, new_cache):
+    """model with RowDotLinear (and RowDotInt8Linear) layers, its blocks and its head compiled, or
+    model as it was (one-line warning) if compiling fails. Each block is compiled, not the whole
+    model: the blocks are one function of their weights, so inductor compiles it once for all of
+    them, and for every model of the process, instead of once per layer. A prompt and a one-token
+    step are two graphs, each for any length (dynamic shapes); new_cache() makes a KV cache for the
+    trial that compiles them."""
+    import torch._dynamo.config as dynamo
     import torch._inductor.config as inductor
 
     # Without this, inductor recomputes each LayerNorm inside the matrix-vector loop that reads it.
     inductor.realize_reads_threshold = 1
+    dynamo.recompile_limit = max(dynamo.recompile_limit, 64)  # two graphs per shape of model
     swap_modules(model, nn.GELU, lambda gelu: CompilableGELU(gelu.approximate))
     swap_modules(model, nn.Linear, RowDotLinear)
     swap_modules(model, lambda m: hasattr(m, "qweight") and hasattr(m, "scale"), RowDotInt8Linear)
 
-    def trial(compiled):
-        idx = torch.zeros(1, 2, dtype=torch.long, device=rt.device)
-        with torch.no_grad():
-            compiled(idx)
+    def trial(model):
+        cache = new_cache()
+        with torch.no_grad():  # a prompt of 2 tokens, then 1 token
+            for n in (2, 1):
+                model(torch.zeros(1, n, dtype=torch.long, device=rt.device), kv_cache=cache)
 
-    return maybe_compile(model, True, rt, trial)
+    return maybe_compile(model, True, rt, trial, parts=[*model.transformer.h, model.lm_head])

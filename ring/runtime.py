@@ -269,9 +269,10 @@ def peak_memory(rt):
     return rss * (1 if sys.platform == "darwin" else 1024), "peak process memory (RSS)"
 
 
-def maybe_compile(model, enabled, rt, trial):
-    """torch.compile the model, or return it unchanged with a one-line warning if compiling fails.
-    Compile errors only show at the first call, so trial(compiled) makes one, the RNG state kept."""
+def maybe_compile(model, enabled, rt, trial, parts=None):
+    """torch.compile the model (given parts: each of these submodules, in place, for any shape),
+    or return it unchanged with a one-line warning if compiling fails. Compile errors only show at
+    the first call, so trial(compiled) makes one, the RNG state kept."""
     if not enabled:
         return model
     # Dynamo traces through functools.lru_cache (the cached masks of fastpaths.py): what we want,
@@ -284,12 +285,16 @@ def maybe_compile(model, enabled, rt, trial):
         # stopped. In deterministic mode inductor keeps an ordered kernel (measured: no slower).
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        compiled = torch.compile(model)
+        compiled = torch.compile(model) if parts is None else model
+        for part in parts or ():
+            part.compile(dynamic=True)
         with torch.random.fork_rng(devices=[rt.device] if rt.device_type == "cuda" else []):
             with rt.autocast():
                 trial(compiled)
         return compiled
     except Exception as e:
+        for part in parts or ():
+            part._compiled_call_impl = None  # eager again
         reason = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
         print0(rt, f"warning: torch.compile failed ({reason}); running eager")
         return model

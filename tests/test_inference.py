@@ -1,5 +1,7 @@
 """Generation's fast paths: int8 weights (quantize.py), oneDNN-packed bf16 layers, a compiled decode."""
 
+import copy
+
 import pytest
 import torch
 
@@ -7,7 +9,7 @@ import sample
 import train
 from data import tokenizer_from_dict
 from evaluate import language_model_loss
-from model import GPT, GPTClassifier
+from model import GPT, KVCache, GPTClassifier
 from train import load_model
 from quantize import Int8Linear, quantize_rows
 from ring import fastpaths
@@ -132,12 +134,14 @@ def test_a_decode_that_fails_to_compile_falls_back_to_eager(monkeypatch, capsys)
     model = GPT(tiny_config()).eval()
     prompt = torch.zeros(1, 3, dtype=torch.long)
     expected = sample.generate(model, prompt, 5, temperature=0)
-    fast = fastpaths.compile_for_decode(model, setup_runtime("cpu", "float32"))
+    fast = fastpaths.compile_for_decode(model, setup_runtime("cpu", "float32"),
+                                        lambda: KVCache(model.config.n_layer))
     assert "torch.compile failed (RuntimeError: no C++ compiler); running eager" in capsys.readouterr().out
     assert torch.equal(sample.generate(fast, prompt, 5, temperature=0), expected)  # row-dot layers
 
 
-def test_the_row_dot_layers_of_the_compiled_decode_compute_the_layers_they_replace():
+def test_the_row_dot_layers_of_the_compiled_decode_compute_the_layers_they_replace(monkeypatch):
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # their compiled form, eager
     torch.manual_seed(0)
     dense = torch.nn.Linear(24, 40)
     torch.nn.init.normal_(dense.bias)
@@ -147,3 +151,22 @@ def test_the_row_dot_layers_of_the_compiled_decode_compute_the_layers_they_repla
         for x in (torch.randn(1, 1, 24), torch.randn(2, 3, 24)):  # one row (decode), several
             with torch.no_grad():
                 torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_compiled_decode_compiles_each_graph_once_for_every_layer_length_and_model(caplog):
+    # The blocks are compiled, not the model: one graph serves every layer of every model of a
+    # shape, whatever the prompt's length and the number of new tokens.
+    from torch._dynamo.utils import counters
+
+    rt = setup_runtime("cpu", "float32")
+    graphs = counters["stats"]["unique_graphs"]
+    for seed in (0, 1):  # two models of one shape, each with 4 layers
+        torch.manual_seed(seed)
+        eager = GPT(tiny_config(n_layer=4, block_size=64)).eval()
+        fast = sample.for_inference(copy.deepcopy(eager), rt, compile=True)
+        for length, new in ((1, 5), (3, 20), (17, 9), (40, 30)):  # 40 + 30 > block_size
+            prompt = torch.randint(0, 37, (1, length))
+            assert torch.equal(sample.generate(fast, prompt, new, temperature=0),
+                               sample.generate(eager, prompt, new, temperature=0))
+    assert counters["stats"]["unique_graphs"] - graphs <= 8  # not one a layer, model or length
+    assert "recompile_limit" not in caplog.text
