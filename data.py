@@ -202,55 +202,6 @@ def prepare_in_memory(texts, tokenizer, val_fraction=0.1, one_text=False):
             for split, pieces in streams.items()}
 
 
-TEXT_DATASETS = {  # built-in texts: name -> (the copy shipped here, its sha256, its source)
-    "shakespeare": (
-        Path(__file__).parent / "datasets" / "shakespeare" / "input.txt",
-        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
-        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-    ),
-}
-# What ring/corpus.py follows when it writes and checks shards: the rules above.
-RULES = corpus.Rules(split_documents, document_tokens, shard_header, read_shard)
-
-
-def prepare_lm_data(dataset, tokenizer, data_dir, *, val_fraction=0.1, text_column="", workers=0,
-                    tokens_needed=0, verify=True):
-    """The train and val token shards of a dataset, prepared once and cached in data_dir; returns
-    (directory, manifest). The manifest says what the shards hold: source, tokenizer, documents and
-    tokens per split, each shard's token count and sha256, all checked before it is returned.
-
-    dataset: a built-in name (shakespeare; fineweb10B or finewebedu10B, pre-tokenized shards from
-    the Hugging Face hub, of which only the validation shard and the tokens_needed of training are
-    fetched), a .txt file, a folder of .txt files (one document each), a .jsonl, .csv or .tsv
-    (optionally .gz) with one document a row in text_column, or a folder of .bin shards. tokenizer:
-    "char", "gpt2", or a checkpoint's tokenizer dict (a char model's own vocabulary: its text is
-    encoded with it). workers: tokenizer threads (0: one per core). verify: check every shard's
-    sha256 (one process of a run does it; the others check sizes)."""
-    tok = tokenizer if isinstance(tokenizer, dict) else {"type": tokenizer}
-    source = resolve_dataset(dataset, data_dir, tokens_needed)
-    return corpus.prepare(source, tok, Path(data_dir), RULES, tokenizer_from_dict,
-                          val_fraction=val_fraction, text_column=text_column,
-                          workers=workers or os.cpu_count() or 1, verify=verify)
-
-
-def resolve_dataset(dataset, data_dir, tokens_needed=0):
-    """The path of a dataset: a built-in name (shipped, or downloaded into data_dir) or a path."""
-    if dataset in TEXT_DATASETS:
-        shipped, sha256, url = TEXT_DATASETS[dataset]
-        if shipped.is_file():
-            return shipped
-        return download(url, Path(data_dir) / dataset / "input.txt", sha256,
-                        what="the path of a local copy as --dataset")
-    if dataset in HUB_CORPORA:
-        return fetch_hub_corpus(dataset, Path(data_dir) / dataset, tokens_needed)
-    path = Path(dataset)
-    if not path.exists():
-        names = ", ".join([*TEXT_DATASETS, *HUB_CORPORA])
-        raise UserError(f"dataset '{dataset}' is neither a built-in name ({names}) nor an existing "
-                        "file or folder")
-    return path
-
-
 # --------------------------------------------------------------------------------------------------
 # The batch sampler
 
@@ -318,6 +269,58 @@ class LMBatches:
 
     def load_state_dict(self, state):
         self.generator.set_state(state["generator"])
+
+
+# --------------------------------------------------------------------------------------------------
+# A dataset's shards, prepared once
+
+TEXT_DATASETS = {  # built-in texts: name -> (the copy shipped here, its sha256, its source)
+    "shakespeare": (
+        Path(__file__).parent / "datasets" / "shakespeare" / "input.txt",
+        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+    ),
+}
+# What ring/corpus.py follows when it writes and checks shards: the rules above.
+RULES = corpus.Rules(split_documents, document_tokens, shard_header, read_shard)
+
+
+def prepare_lm_data(dataset, tokenizer, data_dir, *, val_fraction=0.1, text_column="", workers=0,
+                    tokens_needed=0, verify=True):
+    """The train and val token shards of a dataset, prepared once and cached in data_dir; returns
+    (directory, manifest). The manifest says what the shards hold: source, tokenizer, documents and
+    tokens per split, each shard's token count and sha256, all checked before it is returned.
+
+    dataset: a built-in name (shakespeare; fineweb10B or finewebedu10B, pre-tokenized shards from
+    the Hugging Face hub, of which only the validation shard and the tokens_needed of training are
+    fetched), a .txt file, a folder of .txt files (one document each), a .jsonl, .csv or .tsv
+    (optionally .gz) with one document a row in text_column, or a folder of .bin shards. tokenizer:
+    "char", "gpt2", or a checkpoint's tokenizer dict (a char model's own vocabulary: its text is
+    encoded with it). workers: tokenizer threads (0: one per core). verify: check every shard's
+    sha256 (one process of a run does it; the others check sizes)."""
+    tok = tokenizer if isinstance(tokenizer, dict) else {"type": tokenizer}
+    source = resolve_dataset(dataset, data_dir, tokens_needed)
+    return corpus.prepare(source, tok, Path(data_dir), RULES, tokenizer_from_dict,
+                          val_fraction=val_fraction, text_column=text_column,
+                          workers=workers or os.cpu_count() or 1, verify=verify)
+
+
+def resolve_dataset(dataset, data_dir, tokens_needed=0):
+    """The path of a dataset: a built-in name (shipped, or downloaded into data_dir) or a path."""
+    if dataset in TEXT_DATASETS:
+        shipped, sha256, url = TEXT_DATASETS[dataset]
+        if shipped.is_file():
+            return shipped
+        return download(url, Path(data_dir) / dataset / "input.txt", sha256,
+                        what="the path of a local copy as --dataset")
+    if dataset in HUB_CORPORA:
+        return fetch_hub_corpus(dataset, Path(data_dir) / dataset, tokens_needed)
+    path = Path(dataset)
+    if not path.exists():
+        names = ", ".join([*TEXT_DATASETS, *HUB_CORPORA])
+        raise UserError(f"dataset '{dataset}' is neither a built-in name ({names}) nor an existing "
+                        "file or folder")
+    return path
 
 
 # --------------------------------------------------------------------------------------------------

@@ -299,6 +299,10 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
 
+# --------------------------------------------------------------------------------------------------
+# A classifier on the same body
+
+
 class GPTClassifier(GPT):
     """GPT-2's body with a classification head: one vector per text, scored against n_classes
     classes.

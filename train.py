@@ -80,25 +80,24 @@ class LanguageModelling:
     def __init__(self, cfg, rt, data_dir, meta, hellaswag=None):
         self.cfg, self.rt, self.tokens, self.hellaswag = cfg, rt, 0, None
         train_tokens = load_tokens(data_dir, meta, "train")
-        val_tokens = load_tokens(data_dir, meta, "val")
         # Every process draws the same windows for the whole step and takes its own rows of each
         # micro-batch, so the step's batch does not depend on the number of processes.
         self.sampler = LMBatches(train_tokens, cfg.block_size, cfg.batch_size, seed=cfg.seed)
-        # Evaluation uses the same batches every time (their own fixed seed), so numbers are
-        # comparable across evaluations and across runs. Each process scores its own rows of them
-        # (and its share of the HellaSwag examples), and the sums are added up across processes.
-        self.eval_sets, self.bytes_per_token = {}, {}
+        self.eval_sets = {"train": self.fixed_batches(train_tokens),
+                          "val": self.fixed_batches(load_tokens(data_dir, meta, "val"))}
         token_bytes = tokenizer_from_dict(meta["tokenizer"]).token_bytes()
-        for split, tokens in (("train", train_tokens), ("val", val_tokens)):
-            fixed = LMBatches(tokens, cfg.block_size, cfg.batch_size, seed=1234)
-            batches = [fixed.batch_at(row) for row in fixed.offsets(cfg.eval_iters)]
-            targets = torch.cat([y.flatten() for _, y in batches]).numpy()
-            self.bytes_per_token[split] = float(token_bytes[targets].mean())
-            self.eval_sets[split] = [rt.to_device(x[rt.rank :: rt.world_size],
-                                                  y[rt.rank :: rt.world_size]) for x, y in batches]
+        self.token_bytes = torch.as_tensor(token_bytes, device=rt.device)  # for bits per byte
         if hellaswag:  # tokenized once; this process's share
             self.hellaswag = hellaswag_tokens(GPT2Tokenizer(), hellaswag[rt.rank :: rt.world_size])
         self.info = {"task": "lm", "tokenizer": meta["tokenizer"], "data": meta}
+
+    def fixed_batches(self, tokens):
+        """eval_iters batches drawn with their own seed: the same at every evaluation, so numbers
+        compare across evaluations and runs. This process keeps its rows of each."""
+        cfg, rt = self.cfg, self.rt
+        fixed = LMBatches(tokens, cfg.block_size, cfg.batch_size, seed=1234)
+        return [rt.to_device(x[rt.rank :: rt.world_size], y[rt.rank :: rt.world_size])
+                for x, y in map(fixed.batch_at, fixed.offsets(cfg.eval_iters))]
 
     def next_step(self):
         cfg, rt = self.cfg, self.rt
@@ -115,18 +114,22 @@ class LanguageModelling:
 
     @torch.inference_mode()
     def evaluate(self, model):
+        """The loss on each split's fixed batches (the sums over every process's rows), the val
+        perplexity and bits per byte, and HellaSwag when asked for."""
         model.eval()
         out = {}
         for split, batches in self.eval_sets.items():
-            total = torch.zeros(2, device=self.rt.device)  # the targets' summed loss, and count
+            total = torch.zeros(3, device=self.rt.device)  # the targets' loss, count and bytes
             for x, y in batches:
-                total += torch.stack([model(x, y)[1].float(), torch.ones_like(total[0])]) * y.numel()
-            total = sum_over_ranks(self.rt, total)
-            out[f"{split}_loss"] = (total[0] / total[1]).item()
+                loss = model(x, y)[1].float()
+                total += torch.stack([loss * y.numel(), torch.ones_like(loss) * y.numel(),
+                                      self.token_bytes[y].sum().float()])
+            loss, count, size = sum_over_ranks(self.rt, total).tolist()
+            out[f"{split}_loss"], bytes_per_token = loss / count, size / count
         # Perplexity, exp(mean cross-entropy): the number of equally likely tokens the model is as
-        # unsure as.
+        # unsure as. Bits per byte: see bits_per_byte.
         out["val_perplexity"] = math.exp(out["val_loss"])
-        out["val_bpb"] = bits_per_byte(out["val_loss"], self.bytes_per_token["val"])
+        out["val_bpb"] = bits_per_byte(out["val_loss"], bytes_per_token)  # val: the last split
         if self.hellaswag is not None:  # common-sense completion: see metrics.hellaswag_scores
             out.update(hellaswag_scores(model, self.hellaswag, self.rt.device,
                                         total=lambda counts: sum_over_ranks(self.rt, counts)))
