@@ -32,6 +32,7 @@ from plot import is_number, read_metrics
 from sample import check_sampling, load, next_token_probs, prompt_ids, sample_next_token
 from ring.checkpoint import find_checkpoint
 from ring.config import UserError, check_settings, parse_config, run_main, setting
+from ring.files import parse_json
 from ring.fastpaths import swap_attention
 from ring.runtime import setup_runtime
 from ring.tables import classifier_text
@@ -52,9 +53,8 @@ CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline
 @torch.inference_mode()
 def forward_with_attention(model, ids, device):
     """(logits (T, V) in float32, [attention (n_head, T, T) of each layer]) of one pass. For this
-    pass only, each attention layer gets an `attend` that keeps its weights (attention_weights, the
-    softmax explicit_attention applies): the fused kernel never materialises them, and stays in
-    place for every other call."""
+    pass only, each attention layer's `attend` keeps its weights (attention_weights): the fused
+    kernel, which every other call uses, never materialises them."""
     layers = [m for m in model.modules() if hasattr(m, "attend")]
     usual = [m.attend for m in layers]  # fused, or what ring/fastpaths chose for this hardware
     weights = []
@@ -84,8 +84,8 @@ def token_losses(logits, ids):
 def logit_lens(model, ids, device):
     """[(top ids, their probabilities) at each position] after the embeddings and after each block:
     the token the residual stream would predict if it went straight to ln_f and the head
-    ("interpreting GPT: the logit lens", nostalgebraist 2020). The blocks run as in
-    GPT.hidden_states; after the last one this is the model's own prediction."""
+    ("interpreting GPT: the logit lens", nostalgebraist 2020); after the last block, the model's
+    own prediction."""
     t = model.transformer
     idx = torch.tensor([ids], device=device)
     x = t.drop(t.wte(idx) + t.wpe(torch.arange(len(ids), device=device)))
@@ -100,8 +100,8 @@ def logit_lens(model, ids, device):
 
 def candidates(logits, tokenizer, temperature, top_k, top_p):
     """The TOP_N likeliest next tokens of one position's logits (V,): p, the model's probability,
-    and q, the one sample_next_token draws with (next_token_probs; temperature 0 is greedy: all on
-    the argmax); q is 0 for a token these settings cut."""
+    and q, next_token_probs's, which sample_next_token draws from (0 where the settings cut;
+    temperature 0 is greedy: all on the argmax)."""
     p = torch.softmax(logits.float(), dim=-1)
     if temperature == 0:
         q = F.one_hot(logits.argmax(), logits.numel()).float()
@@ -126,8 +126,8 @@ def leave_one_out(model, ids, pad_id, label, device, batch_size=32):
 
 
 def run_metrics(run_dir):
-    """The curves in run_dir/metrics.jsonl, read as plot.py reads them (lines that do not parse are
-    skipped), and whether a training run is writing there now (it holds a .lock)."""
+    """The curves in run_dir/metrics.jsonl, read as plot.py reads them, and whether a training run
+    is writing there now (it holds a .lock)."""
     path = str(run_dir / "metrics.jsonl")
     try:
         rows = read_metrics(run_dir)
@@ -152,8 +152,7 @@ class Checkpoint:
 
 
 def open_checkpoint(path, rt):
-    """A checkpoint, or a run directory's best/ (else last/), ready for inference. Its run is the
-    directory given, or the one holding the checkpoint directory given."""
+    """A checkpoint (or a run directory's best/, else last/) ready for inference, and its run."""
     model, tokenizer, info = load(path, rt)
     found = find_checkpoint(path)
     run_dir = Path(path) if found != Path(path) else found.parent
@@ -169,8 +168,7 @@ class BadRequest(Exception):
 
 
 def get(fields, name, kinds, default=None):
-    """fields[name], of one of the types kinds (True is not a number); default if absent or null
-    (no default: required)."""
+    """fields[name] of one of the types kinds (True is not a number), or default (None: required)."""
     value = default if fields.get(name) is None else fields[name]
     if value is None:
         raise BadRequest(f"'{name}' is missing")
@@ -193,8 +191,7 @@ def sampling(fields):
 
 class Explorer:
     """The API's routes: each takes a request's fields (a POST's JSON object, a GET's query) and
-    returns what goes back as JSON. One request at a time uses the models: a pass that records
-    attention changes the model while it runs."""
+    returns what goes back as JSON. One request at a time: recording attention changes a model."""
 
     def __init__(self, checkpoints):
         self.checkpoints = checkpoints
@@ -259,8 +256,8 @@ class Explorer:
                 "attention": {"layer": layer, "head": head, "weights": weights.tolist()}}
 
     def next(self, fields):
-        """The next-token candidates alone (for the page's live controls); with "sample": true,
-        also a token drawn by sample_next_token (seeded by "seed" if given)."""
+        """The candidates alone (the page's live controls); with "sample": true, also a token drawn
+        by sample_next_token (seeded by "seed" if given)."""
         ck = self.checkpoint(fields, "lm")
         ids, settings = self.prompt(ck, fields), sampling(fields)
         self.tokens(ck, ids)  # that it fits
@@ -340,13 +337,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             raise BadRequest(f"the request is larger than {MAX_BODY:,} bytes", 413)
         if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
             raise BadRequest("send JSON, with Content-Type: application/json", 415)
-        try:
-            fields = json.loads(body)
-        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-            raise BadRequest("the request body is not JSON") from None
-        if not isinstance(fields, dict):
-            raise BadRequest("the request body must be a JSON object")
-        return fields
+        return parse_json(body, "the request body")  # a UserError: 400
 
     def reply(self, status, answer, kind):
         data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
@@ -362,8 +353,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             pass
 
     def send_error(self, code, message=None, explain=None):
-        """http.server's own refusals (a garbled request, a method other than GET and POST) as
-        JSON too; an unsupported method is 405, not http.server's 501."""
+        """http.server's own refusals as JSON too; an unsupported method is 405, not 501."""
         self.reply(405 if code == 501 else code, {"error": message or "bad request"},
                    "application/json")
 
@@ -372,8 +362,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 def make_server(checkpoints, host="127.0.0.1", port=0):
-    """The server of the page and its API, bound (port 0: any free one), not yet serving: call
-    serve_forever(). It answers only requests addressed to it by the names in allowed_hosts."""
+    """The page's server, bound (port 0: any free one), not yet serving: call serve_forever(). It
+    answers only requests addressed to it by the names in allowed_hosts."""
     server = http.server.ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
     server.explorer = Explorer(checkpoints)

@@ -128,7 +128,10 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        x = self.c_fc(x)  # (B, T, 4C)
+        x = self.gelu(x)
+        x = self.c_proj(x)  # (B, T, C)
+        return self.dropout(x)
 
 
 class Block(nn.Module):

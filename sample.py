@@ -97,7 +97,7 @@ def next_token_probs(logits, temperature=1.0, top_k=None, top_p=None):
         # always kept, so that even top_p = 0 leaves something to sample (the greedy choice).
         drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
         drop_sorted[:, 0] = False
-        drop = drop_sorted.scatter(1, sorted_idx, drop_sorted)
+        drop = torch.zeros_like(drop_sorted).scatter(1, sorted_idx, drop_sorted)  # back in place
         logits = logits.masked_fill(drop, float("-inf"))
     return torch.softmax(logits, dim=-1)
 

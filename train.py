@@ -144,7 +144,7 @@ class LanguageModelling:
 
 
 # --------------------------------------------------------------------------------------------------
-# TRAINING STEP
+# One optimizer step
 
 
 @dataclass
@@ -201,6 +201,8 @@ def train_step(training):
     batches, total = training.objective.next_step()
     loss = torch.zeros((), device=rt.device)
     for i, (batch, items) in enumerate(batches):
+        # this micro-batch's share of the step's items; DDP then averages the world_size
+        # processes' gradients, so each is counted world_size times over to make a sum
         weight = items / total * rt.world_size
         with no_sync_unless(training.model, rt, last=i == len(batches) - 1):
             with rt.autocast():  # the forward pass in the run's precision; the weights stay float32
@@ -246,7 +248,7 @@ def stop_if_diverged(training, loss, grad_norm):
 
 
 # --------------------------------------------------------------------------------------------------
-# EVALUATION AND CHECKPOINTS
+# Evaluation and checkpoints
 
 
 def evaluation_due(training):
@@ -329,7 +331,7 @@ def load_model(path, device="cpu"):
     return model.to(device), info
 
 # --------------------------------------------------------------------------------------------------
-# THE LOOP
+# The loop
 
 
 def train_loop(cfg, rt, model, objective, run_dir, resume=None):

@@ -2,7 +2,8 @@
 #   python train.py configs/shakespeare.py                      # the text ships in datasets/
 #   python train.py configs/shakespeare.py --dataset=other.txt   # or any UTF-8 text file
 # On the 2-core reference CPU (AVX-512 BF16) it is below val 1.55 from step 4,000 and ends at 1.544
-# after 5,000 steps (best 1.538): 8 minutes, data preparation and compiling included (README).
+# after 5,000 steps (best 1.538): 8 minutes, data preparation and compiling included
+# (docs/results.md).
 # configs/shakespeare_quick.py reaches nanoGPT's CPU result (val 1.88) in half a minute.
 out_dir = "out/shakespeare"
 dataset = "shakespeare"

@@ -77,6 +77,28 @@ def split_at(ids, eot):
     return docs + [current]
 
 
+@pytest.mark.parametrize("kind", ["folder", "jsonl", "one text", "characters"])
+def test_the_streaming_writer_gives_the_tokens_of_the_plain_preparation(tmp_path, kind):
+    # ring/corpus.py (batches, threads, shards of 500 tokens, resumable) against data.py's
+    # prepare_in_memory (a plain loop over the documents): the same tokens, split by split.
+    texts = documents(120) + ["", "  "]  # empty documents are left out by both
+    tokenizer = "char" if kind == "characters" else "gpt2"
+    if kind == "folder":
+        source = write_folder(tmp_path / "docs", texts)
+    elif kind == "one text":
+        source, texts = tmp_path / "book.txt", [" ".join(texts)]
+        source.write_text(texts[0])
+    else:
+        source = tmp_path / "docs.jsonl"
+        source.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    out, manifest = prepare(source, tmp_path, tokenizer=tokenizer, workers=2)
+    tok = data.tokenizer_from_dict(manifest["tokenizer"])
+    expected = data.prepare_in_memory(texts, tok, 0.2, one_text=kind == "one text")
+    for split in ("train", "val"):
+        assert all_tokens(out, manifest, split) == expected[split].tolist()
+    assert len(manifest["shards"]) > 2 or kind == "characters"
+
+
 def test_the_shards_are_the_same_bytes_for_any_number_of_workers(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(corpus.Progress, "EVERY", 0)  # a progress line after every batch
     source = write_folder(tmp_path / "docs", documents(300))

@@ -66,3 +66,21 @@ def test_every_name_where_an_idea_is_taught_is_defined_there():
                 assert name in defined, f"{name} is not defined in {file}"
                 checked += 1
     assert checked >= 30
+
+
+def test_every_citation_of_the_readme_or_the_docs_is_there():
+    """A comment that sends the reader to (README, "Section") or to docs/page.md sends them
+    somewhere that exists."""
+    sections = set(re.findall(r"^## (.+)$", README, re.MULTILINE))
+    files = [*ROOT.glob("*.py"), *ROOT.glob("ring/*.py"), *ROOT.glob("configs/*.py"),
+             *ROOT.glob("docs/*.md"), ROOT / "README.md"]
+    cited = 0
+    for path in files:
+        text = path.read_text()
+        for title in re.findall(r'\(README, "([^"]+)"\)', text):
+            assert title in sections, f'{path.name} cites README section "{title}"'
+            cited += 1
+        for page in re.findall(r"\bdocs/(\w+\.md)", text):
+            assert (ROOT / "docs" / page).is_file(), f"{path.name} cites docs/{page}"
+            cited += 1
+    assert cited >= 10
