@@ -1,15 +1,7 @@
 """
-From text on disk to batches of token ids.
-
-1. Tokenizers turn text into integer ids and back: a character-level one whose vocabulary is built
-   from the text, and GPT-2's byte-level BPE (through tiktoken; its files ship in tokenizer/, so
-   it works offline).
-2. prepare_lm_data turns a corpus of documents into token shards once: each document preceded by
-   <|endoftext|>, whole documents held out for validation, uint16 ids in files on disk.
-3. LMBatches samples (x, y) windows from the shards for a language model: y is x shifted by one
-   token, so every position learns to predict the token after it.
-4. pad_batch and LengthBatches make batches of labelled texts for a classifier (the tables they come
-   from are read by tables.py).
+From text on disk to batches of token ids: tokenizers (characters, or GPT-2's BPE through tiktoken,
+its files shipped in tokenizer/); documents into token shards, once; the sampler of (x, y) windows
+for a language model, y being x shifted by one token; labelled texts for a classifier, in batches.
 """
 
 import functools
@@ -172,23 +164,16 @@ def shard_header(n_tokens):
 
 def read_shard(path):
     """The tokens of a shard as a read-only uint16 memmap (nothing is read until used), once its
-    header is llm.c's and the file holds exactly the tokens the header announces."""
-    path = Path(path)
-    try:
-        header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
-        size = path.stat().st_size
-    except OSError as e:
-        raise UserError(f"cannot read the shard {path} ({e.strerror})") from None
-    if len(header) < HEADER_INTS or header[0] != SHARD_MAGIC or header[1] != SHARD_VERSION:
-        raise UserError(f"{path} is not a token shard (llm.c's .bin: a 256-int32 header starting "
-                        f"{SHARD_MAGIC}, {SHARD_VERSION}, then uint16 tokens)")
-    n_tokens = int(header[2])
-    if n_tokens < 0 or size != HEADER_INTS * 4 + 2 * n_tokens:
-        raise UserError(f"{path}: its header announces {n_tokens:,} tokens but the file holds "
-                        f"{(size - HEADER_INTS * 4) / 2:,.1f}; the shard is truncated or damaged")
-    if n_tokens == 0:
-        return np.zeros(0, dtype=np.uint16)
-    return np.memmap(path, dtype=np.uint16, mode="r", offset=HEADER_INTS * 4, shape=(n_tokens,))
+    header is llm.c's and the file holds exactly the tokens it announces (else a UserError)."""
+    header, size = np.fromfile(path, dtype="<i4", count=HEADER_INTS), Path(path).stat().st_size
+    n_tokens = int(header[2]) if len(header) == HEADER_INTS else -1
+    whole = size == HEADER_INTS * 4 + 2 * n_tokens
+    if header[:2].tolist() != [SHARD_MAGIC, SHARD_VERSION] or not whole:
+        raise UserError(f"{path} is not a whole token shard (llm.c's .bin: a header of 256 int32s, "
+                        f"{SHARD_MAGIC}, {SHARD_VERSION}, n, then n uint16 tokens; it announces "
+                        f"{n_tokens:,} tokens in {size:,} bytes): damaged or cut")
+    return np.memmap(path, np.uint16, "r", HEADER_INTS * 4, (n_tokens,)) if n_tokens else \
+        np.zeros(0, np.uint16)
 
 
 def prepare_in_memory(texts, tokenizer, val_fraction=0.1, one_text=False):

@@ -11,9 +11,8 @@ https://github.com/huggingface/transformers/blob/main/src/transformers/models/gp
     n_layer x [ x + attn(ln_1(x)) ; x + mlp(ln_2(x)) ]     (LayerNorm eps 1e-5)
     ln_f, then a linear head that shares its weight with the token embedding
 
-Module names are GPT-2's own (transformer.wte, transformer.h.0.attn.c_attn, ...): importing the
-released weights is a name-for-name copy. GPT predicts the next token; GPTClassifier, on the same
-body, reads one vector per text and predicts a class (finetune.py).
+Module names are GPT-2's own (transformer.wte, transformer.h.0.attn.c_attn, ...), so importing the
+released weights is a name-for-name copy.
 """
 
 import math
@@ -91,7 +90,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)  # on the output, before the residual add
         self.n_head = config.n_head
         self.n_embd = config.n_embd
-        # The attention itself, as a function of q, k and v: PyTorch's kernel. ring/fastpaths.py sets
+        # The attention itself, a function of q, k and v: PyTorch's kernel. ring/fastpaths.py sets
         # another one here where that kernel is slow for one kind of hardware.
         self.attend = fused_attention
 
@@ -121,8 +120,8 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         # GELU as GPT-2 computes it, with the tanh approximation, 0.5 x (1 + tanh(sqrt(2 / pi) (x +
-        # 0.044715 x^3))). GPT-2 was trained with it; the exact (erf) GELU differs by up to ~1e-3 per
-        # activation, which is enough to make the released weights give other logits.
+        # 0.044715 x^3))). GPT-2 was trained with it; the exact (erf) GELU differs by up to ~1e-3
+        # per activation, which is enough to make the released weights give other logits.
         self.gelu = nn.GELU(approximate="tanh")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
@@ -153,16 +152,14 @@ class Block(nn.Module):
 
 
 class KVCache:
-    """Keys and values of every layer for the tokens seen so far, so that generating one more token
-    costs one position of compute instead of re-running the whole context (see sample.generate).
-    Each layer keeps its own (LayerCache); length counts the positions they hold."""
+    """Keys and values of every layer (a LayerCache each) for the tokens seen so far, so that one
+    more token costs one position of compute, not the whole context (see sample.generate)."""
 
     def __init__(self, n_layer):
         self.layers = [LayerCache() for _ in range(n_layer)]
         self.length = 0
 
-    def advance(self, n):
-        """Called once all layers have appended n positions."""
+    def advance(self, n):  # once all layers have appended n positions
         self.length += n
 
     def reset(self):
@@ -178,8 +175,7 @@ class LayerCache:
     def __init__(self):
         self.k = self.v = None  # (B, nh, length, hs)
 
-    def append(self, k, v):
-        """Store the new keys/values after the cached ones; return all of them."""
+    def append(self, k, v):  # the new keys and values after the cached ones; all of them
         if self.k is not None:
             k = torch.cat([self.k, k], dim=2)
             v = torch.cat([self.v, v], dim=2)
@@ -234,14 +230,6 @@ class GPT(nn.Module):
         if non_embedding:
             n -= self.transformer.wpe.weight.numel()
         return n
-
-    def crop_block_size(self, block_size):
-        """Shorten the context, e.g. to fine-tune GPT-2 (1024 positions) on 256-token windows: the
-        first block_size learned positions are kept and the rest dropped."""
-        assert block_size <= self.config.block_size
-        self.config.block_size = block_size
-        kept = self.transformer.wpe.weight[:block_size].detach().clone()
-        self.transformer.wpe.weight = nn.Parameter(kept)
 
     def hidden_states(self, idx, kv_cache=None):
         """The final (post ln_f) hidden state of every position: (B, T, n_embd)."""
@@ -357,7 +345,7 @@ class GPTClassifier(GPT):
 
 
 # --------------------------------------------------------------------------------------------------
-# A model from stored weights
+# A model from stored weights, and fitted to a shorter context
 
 
 def empty_model(config):
@@ -388,3 +376,11 @@ def model_from_state(config, state):
         model.lm_head.weight = model.transformer.wte.weight
     return model
 
+
+def crop_block_size(model, block_size):
+    """Shorten a model's context, e.g. to fine-tune GPT-2 (1024 positions) on 256-token windows:
+    the first block_size learned positions are kept and the rest dropped."""
+    assert block_size <= model.config.block_size
+    model.config.block_size = block_size
+    kept = model.transformer.wpe.weight[:block_size].detach().clone()
+    model.transformer.wpe.weight = nn.Parameter(kept)

@@ -35,9 +35,7 @@ from ring.runtime import setup_runtime
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_token=None,
              generator=None, use_cache=True):
     """Continue each row of idx (B, T) by up to max_new_tokens tokens; return the whole (B, T +
-    new).
-
-    temperature 0 is greedy decoding. With stop_token, a row that produced it is padded with it from
+    new). temperature 0 is greedy. With stop_token, a row that produced it is padded with it from
     then on, and generation ends when every row has.
 
     With the KV cache the prompt is run once ("prefill") and each further step runs only the newest
@@ -102,6 +100,9 @@ def next_token_probs(logits, temperature=1.0, top_k=None, top_p=None):
     return torch.softmax(logits, dim=-1)
 
 
+# --------------------------------------------------------------------------------------------------
+# The command line
+
 # The rules of the sampling settings, in one place: the command line (SampleSettings, below) and
 # generate's Python API (check_sampling) both check them.
 SAMPLING_RULES = {"temperature": (float, ">= 0"), "top_k": (int, ">= 0"),
@@ -119,10 +120,6 @@ def check_sampling(temperature, top_k, top_p):
                 check_value(name, value, *SAMPLING_RULES[name])
     except UserError as e:
         raise ValueError(str(e)) from None
-
-
-# --------------------------------------------------------------------------------------------------
-# The command line
 
 
 def read_prompt(start):

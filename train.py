@@ -23,7 +23,7 @@ import torch
 from data import GPT2Tokenizer, LMBatches, load_tokens, prepare_lm_data, tokenizer_from_dict
 from lora import has_lora, lora_state, merged_copy
 from metrics import hellaswag_scores, hellaswag_tokens, read_hellaswag
-from model import GPT, GPTConfig, model_from_state
+from model import GPT, GPTConfig, crop_block_size, model_from_state
 from ring.checkpoint import (CheckpointInfo, check_same_meaning, check_unchanged, find_checkpoint,
                              load_train_state, read_checkpoint, read_info, save_checkpoint)
 from ring.config import UserError, check_settings, parse_config, run_main, setting
@@ -63,17 +63,12 @@ def bits_per_byte(loss, bytes_per_token):
 
 
 class LanguageModelling:
-    """Next-token prediction on tokenized text: what train.py trains for.
-
-    An objective is all the loop knows of the task (finetune.Classification is the other one):
-        next_step()          this process's micro-batches for the next step, [(batch, items)], and
-                             the items (here tokens) of the whole step over all processes
-        loss(model, batch)   the mean loss of a micro-batch
-        evaluate(model)      {metric: value}, best_metric among them (what best/ is chosen by)
-        example_batch()      any batch, for torch.compile's trial call
-        extra_evaluations(max_iters)   steps to evaluate at besides every eval_interval
-        sampler, info, tokens   where the batches have got to (for an exact resume), what goes into
-                             a checkpoint's config.json, the tokens trained on so far"""
+    """Next-token prediction on tokenized text: what train.py trains for. An objective is all the
+    loop knows of the task (finetune.Classification is the other one): next_step() (this process's
+    micro-batches, [(batch, items)], and the step's items over all processes), loss(model, batch),
+    evaluate(model) ({metric: value}; best/ follows best_metric), example_batch() (for compile's
+    trial), extra_evaluations(max_iters), and sampler, info, tokens (where the batches have got to,
+    what goes into config.json, the tokens trained on so far)."""
 
     best_metric = "val_loss"
 
@@ -258,13 +253,6 @@ def evaluation_due(training):
     return due and training.state.evaluated_at != it
 
 
-def evaluations_left(training):
-    """How many evaluations come after this step (for the ETA)."""
-    it, cfg = training.state.iter_num, training.cfg
-    extra = sum(1 for e in training.extra_evaluations if e > it)
-    return cfg.max_iters // cfg.eval_interval - it // cfg.eval_interval + extra + 1
-
-
 def evaluate_and_save(training, evaluate=True):
     """Evaluate (unless the run is stopping: Ctrl-C must not wait for it), write best/ if the metric
     improved, and last/ always. Returns True when early stopping's patience has run out."""
@@ -319,17 +307,6 @@ def save(training, name, resumable):
         training.saved_at = state.iter_num
 
 
-
-def load_model(path, device="cpu"):
-    """(model, CheckpointInfo) of what save wrote: a checkpoint directory, or a run directory (its
-    best/, else its last/). Reading the files and checking them is the ring's part."""
-    info, state = read_checkpoint(path)
-    try:
-        model = model_from_state(GPTConfig(**info.model), state)
-    except ValueError as e:
-        raise UserError(f"{path}: {e}; the checkpoint is damaged") from None
-    return model.to(device), info
-
 # --------------------------------------------------------------------------------------------------
 # The loop
 
@@ -365,6 +342,17 @@ def train_loop(cfg, rt, model, objective, run_dir, resume=None):
     return training
 
 
+# --------------------------------------------------------------------------------------------------
+# Setting up: the loop's state, the model, the data
+
+
+def evaluations_left(training):
+    """How many evaluations come after this step (for the ETA)."""
+    it, cfg = training.state.iter_num, training.cfg
+    extra = sum(1 for e in training.extra_evaluations if e > it)
+    return cfg.max_iters // cfg.eval_interval - it // cfg.eval_interval + extra + 1
+
+
 def start(cfg, rt, model, objective, run_dir, resume):
     """The optimizer, the gradient scaler and the counters, restored when resuming; the model
     compiled and DDP-wrapped for the steps (the plain one is kept for evaluation and saving)."""
@@ -397,9 +385,15 @@ def start(cfg, rt, model, objective, run_dir, resume):
                     saved_at=state.iter_num if resume is not None else None)
 
 
-# --------------------------------------------------------------------------------------------------
-# Building the model
-
+def load_model(path, device="cpu"):
+    """(model, CheckpointInfo) of what save wrote: a checkpoint directory, or a run directory (its
+    best/, else its last/). Reading the files and checking them is the ring's part."""
+    info, state = read_checkpoint(path)
+    try:
+        model = model_from_state(GPTConfig(**info.model), state)
+    except ValueError as e:
+        raise UserError(f"{path}: {e}; the checkpoint is damaged") from None
+    return model.to(device), info
 
 def build_model(cfg, meta, start):
     """The model to train on the data described by meta (prepare_lm_data's), from cfg.init_from
@@ -463,7 +457,7 @@ def fit_to_run(model, cfg, where):
                         f"positions that {where} learned; use "
                         f"--block_size={model.config.block_size} or less")
     if cfg.block_size < model.config.block_size:
-        model.crop_block_size(cfg.block_size)
+        crop_block_size(model, cfg.block_size)
     model.config.dropout = cfg.dropout
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):

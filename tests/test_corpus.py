@@ -230,7 +230,7 @@ def test_a_folder_of_bin_shards_is_used_in_place_and_checked(tmp_path):
 
 
 @pytest.mark.parametrize("how, message", [
-    ("magic", "is not a token shard"), ("short", "its header announces 700 tokens"),
+    ("magic", "is not a whole token shard"), ("short", "it announces 700 tokens in"),
 ])
 def test_a_shard_with_a_wrong_header_or_size_is_one_line(tmp_path, how, message):
     shards = tmp_path / "shards"

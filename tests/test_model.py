@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from model import GPT, KVCache, explicit_attention
+from model import GPT, KVCache, crop_block_size, explicit_attention
 from sample import generate, sample_next_token
 from conftest import tiny_config
 
@@ -139,7 +139,7 @@ def test_crop_block_size_keeps_the_first_positions():
     model = GPT(tiny_config()).eval()
     idx = torch.randint(0, 37, (1, 8))
     before, _ = model(idx, targets=idx)
-    model.crop_block_size(8)
+    crop_block_size(model, 8)
     after, _ = model(idx, targets=idx)
     assert model.transformer.wpe.weight.shape[0] == 8
     torch.testing.assert_close(before, after)
