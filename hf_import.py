@@ -17,11 +17,9 @@ names:
   - lm_head.weight is the token embedding (weight tying); a file that stores it must have it equal
     to wte.weight.
   - Every tensor's shape is checked against config.json, and so is their number (148 for gpt2).
-The export (--export) is the same mapping backwards. A classifier (a checkpoint with n_classes > 0)
-becomes a GPT2ForSequenceClassification with its label names; a language model a GPT2LMHeadModel.
-Both load with transformers' from_pretrained, and GPT-2's tokenizer files (vocab.json, merges.txt)
-come along when the model uses that tokenizer.
-
+The export (--export) is the same mapping backwards: a GPT2LMHeadModel, or for a classifier a
+GPT2ForSequenceClassification with its label names, both loaded by transformers' from_pretrained,
+with GPT-2's tokenizer files (vocab.json, merges.txt) when the model uses that tokenizer.
 Downloads (ring/download.py: resumable, checked against the hub's sha256, MINIGPT2_HF_ENDPOINT for
 a mirror) and the rules for output directories (nothing replaced that this script did not write)
 come after the conversion; docs/hub.md has the whole story.
@@ -51,8 +49,7 @@ CHECKPOINTS = Path("checkpoints")  # where imported models go: checkpoints/<name
 # --------------------------------------------------------------------------------------------------
 # The conversion, both ways
 
-# The four layers that Hugging Face stores as Conv1D, with weights [in, out] (nn.Linear's are [out,
-# in]).
+# The four layers that Hugging Face stores as Conv1D, weights [in, out] (nn.Linear's: [out, in]).
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Causal-mask buffers that older transformers versions saved along with the weights. They are not
 # learned: our attention builds its mask on the fly.
@@ -69,13 +66,12 @@ def our_name(hf_key):
 
 
 def hf_to_ours(hf_state, config, where):
-    """Our model, from a Hugging Face GPT-2 state dict and our config (config_from_hf's).
-
-    First the conversion: each tensor renamed, the four Conv1D weights transposed, all of them in
-    float32 (the precision we train in; autocast lowers it where it pays). Then what is refused: a
-    name given twice (with and without the "transformer." prefix), an lm_head.weight that is not
-    wte.weight (GPT-2 ties them, and so does this model), and any tensor missing, unknown or of
-    another shape than config implies (model.model_from_state checks those)."""
+    """Our model, from a Hugging Face GPT-2 state dict and our config (config_from_hf's). First the
+    conversion: each tensor renamed, the four Conv1D weights transposed, all in float32 (the
+    precision we train in; autocast lowers it where it pays). Then what is refused: a name given
+    twice (with and without the "transformer." prefix), an lm_head.weight that is not wte.weight
+    (GPT-2 ties them, and so does this model), and any tensor missing, unknown or of another shape
+    than config implies (model.model_from_state checks those)."""
     state = {}
     for key, tensor in hf_state.items():
         name = our_name(key)
@@ -100,18 +96,14 @@ def hf_to_ours(hf_state, config, where):
 
 def ours_to_hf(state, config):
     """Our tensors (as in a checkpoint's model.safetensors: our names, no lm_head) in the Hugging
-    Face GPT-2 layout: "transformer." names, Conv1D weights [in, out].
-
-    GPT-2 always has biases. A model trained here with bias=False computes exactly what the same
-    model with zero biases computes, so those are written as zeros."""
+    Face GPT-2 layout: "transformer." names, Conv1D weights [in, out]. GPT-2 always has biases; a
+    model trained here with bias=False computes what the same model with zero biases computes, so
+    those are written as zeros."""
     hf = {}
-    every = tensor_shapes(replace(config, bias=True))  # every tensor that GPT-2 has
-    for name, shape in every.items():
-        if name in state:
-            tensor = state[name]
-        else:
-            assert not config.bias and name.endswith("bias"), name
-            tensor = torch.zeros(shape, dtype=state["transformer.wte.weight"].dtype)
+    for name, shape in tensor_shapes(replace(config, bias=True)).items():  # all that GPT-2 has
+        assert name in state or (not config.bias and name.endswith("bias")), name
+        tensor = (state[name] if name in state else
+                  torch.zeros(shape, dtype=state["transformer.wte.weight"].dtype))
         if name.endswith(TRANSPOSED):
             tensor = tensor.t()  # nn.Linear [out, in] -> Conv1D [in, out]
         hf[name] = tensor.contiguous()
@@ -124,10 +116,8 @@ def ours_to_hf(state, config):
 
 def config_from_hf(hf, path):
     """Our GPTConfig and the label names (None for a language model) from a Hugging Face
-    config.json.
-
-    Only what our model computes is accepted: GPT-2's own architecture, any size. A missing size
-    field takes transformers' GPT2Config default, as transformers itself would."""
+    config.json. Only what our model computes is accepted: GPT-2's own architecture, any size. A
+    missing size field takes transformers' GPT2Config default, as transformers itself would."""
     if not isinstance(hf, dict):
         raise UserError(f"{path} is not a model config (a JSON object)")
     if hf.get("model_type") != "gpt2":
@@ -138,14 +128,22 @@ def config_from_hf(hf, path):
              ("vocab_size", "vocab_size", 50257), ("n_layer", "n_layer", 12),
              ("n_head", "n_head", 12), ("n_embd", "n_embd", 768)]
     sizes = check_shape({key: hf.get(name, default) for key, name, default in names}, path)
-    # Options that would make a GPT-2 compute something our model does not. gelu_new is the tanh
-    # approximation of GELU that GPT-2 was trained with; gelu_pytorch_tanh is the same function
-    # fused.
+    _refuse_other_computations(hf, sizes["n_embd"], path)
+    labels = _labels(hf, sizes, path)
+    # dropout 0: a checkpoint is for inference until a training run sets its own dropout.
+    config = GPTConfig(**{**sizes, "dropout": 0.0, "bias": True,
+                          "n_classes": len(labels) if labels else 0})
+    return config, labels
+
+
+def _refuse_other_computations(hf, n_embd, path):
+    """Refuse options that would make a GPT-2 compute something our model does not. gelu_new is the
+    tanh approximation of GELU that GPT-2 was trained with; gelu_pytorch_tanh is the same, fused."""
     gelu = hf.get("activation_function", "gelu_new") in ("gelu_new", "gelu_pytorch_tanh")
     refuse = {
         "activation_function": (gelu, "gelu_new"),
         "layer_norm_epsilon": (hf.get("layer_norm_epsilon", 1e-5) == 1e-5, 1e-5),
-        "n_inner": (hf.get("n_inner") in (None, 4 * sizes["n_embd"]), "null (4 * n_embd)"),
+        "n_inner": (hf.get("n_inner") in (None, 4 * n_embd), "null (4 * n_embd)"),
         "scale_attn_weights": (hf.get("scale_attn_weights", True) is True, True),
         "scale_attn_by_inverse_layer_idx": (not hf.get("scale_attn_by_inverse_layer_idx"), False),
         "add_cross_attention": (hf.get("add_cross_attention", False) is False, False),
@@ -155,24 +153,21 @@ def config_from_hf(hf, path):
         if not ok:
             raise UserError(f"{path}: {key} is {hf[key]!r}; GPT-2 (and this model) has {wanted}, "
                             "so it cannot be imported")
+
+
+def _labels(hf, sizes, path):
+    """A classifier's label names, from id2label (keys are strings in JSON); None for a GPT."""
     architectures = hf.get("architectures") or []
     if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
-        raise UserError(f"{path}: architectures must be a list of names, not "
-                        f"{architectures!r:.60}")
-    labels = None
-    if "GPT2ForSequenceClassification" in architectures:
-        # A classifier: one output per label, the names in id2label (keys are strings in JSON).
-        id2label = hf.get("id2label") or {}
-        if not isinstance(id2label, dict):
-            raise UserError(f"{path}: id2label must be an object of label names, not "
-                            f"{id2label!r:.60}")
-        n = check_shape({**sizes, "n_classes": len(id2label) or hf.get("num_labels", 2)},
-                        path)["n_classes"]
-        labels = [str(id2label.get(str(i), f"LABEL_{i}")) for i in range(n)]
-    # dropout 0: a checkpoint is for inference until a training run sets its own dropout.
-    config = GPTConfig(**{**sizes, "dropout": 0.0, "bias": True,
-                          "n_classes": len(labels) if labels else 0})
-    return config, labels
+        raise UserError(f"{path}: architectures must be a list of names, not {architectures!r:.60}")
+    if "GPT2ForSequenceClassification" not in architectures:
+        return None
+    id2label = hf.get("id2label") or {}
+    if not isinstance(id2label, dict):
+        raise UserError(f"{path}: id2label must be an object of label names, not {id2label!r:.60}")
+    n = check_shape({**sizes, "n_classes": len(id2label) or hf.get("num_labels", 2)},
+                    path)["n_classes"]
+    return [str(id2label.get(str(i), f"LABEL_{i}")) for i in range(n)]
 
 
 def hf_config(config, info):
@@ -180,39 +175,27 @@ def hf_config(config, info):
     gpt2_tokens = info.tokenizer["type"] == "gpt2"
     kind = "GPT2ForSequenceClassification" if config.n_classes else "GPT2LMHeadModel"
     out = {
-        "architectures": [kind],
-        "model_type": "gpt2",
-        "vocab_size": config.vocab_size,
-        "n_positions": config.block_size,
-        "n_ctx": config.block_size,  # the old name of n_positions, still read by some tools
-        "n_embd": config.n_embd,
-        "n_layer": config.n_layer,
-        "n_head": config.n_head,
-        "n_inner": None,  # 4 * n_embd
-        "activation_function": "gelu_new",
-        "layer_norm_epsilon": 1e-5,
-        "resid_pdrop": config.dropout,
-        "embd_pdrop": config.dropout,
-        "attn_pdrop": config.dropout,
-        "initializer_range": 0.02,
-        "scale_attn_weights": True,
-        "tie_word_embeddings": True,
+        "architectures": [kind], "model_type": "gpt2", "vocab_size": config.vocab_size,
+        # n_ctx: the old name of n_positions, still read by some tools; n_inner None: 4 * n_embd
+        "n_positions": config.block_size, "n_ctx": config.block_size,
+        "n_embd": config.n_embd, "n_layer": config.n_layer, "n_head": config.n_head,
+        "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+        "resid_pdrop": config.dropout, "embd_pdrop": config.dropout, "attn_pdrop": config.dropout,
+        "initializer_range": 0.02, "scale_attn_weights": True, "tie_word_embeddings": True,
         "minigpt2_export": True,  # marks what this script wrote: --force replaces nothing else
     }
     if gpt2_tokens:
         out.update(bos_token_id=50256, eos_token_id=50256)  # <|endoftext|>
     else:
-        # transformers has no tokenizer for a vocabulary made here (e.g. characters); keep ours, so
-        # that the model can be imported back with it and a reader of config.json can decode its
-        # outputs.
+        # transformers has no tokenizer for a vocabulary made here (e.g. characters): keep ours, for
+        # the model to be imported back with it and for a reader of config.json to decode outputs.
         out["minigpt2_tokenizer"] = info.tokenizer
     if config.n_classes:
         out["id2label"] = {str(i): label for i, label in enumerate(info.labels)}
         out["label2id"] = {label: i for i, label in enumerate(info.labels)}
         if gpt2_tokens:
             # GPT2ForSequenceClassification reads the last token that is not padding; GPT-2 has no
-            # pad token and <|endoftext|> is the usual stand-in (needed for batches of more than one
-            # text).
+            # pad token and <|endoftext|> is the usual stand-in (needed for batches of texts).
             out["pad_token_id"] = 50256
     return out
 
@@ -222,7 +205,6 @@ def hf_config(config, info):
 
 
 def read_config(path):
-    """A Hugging Face config.json, as a dict."""
     if not Path(path).is_file():
         raise UserError(f"{path} not found (a Hugging Face model directory has config.json next to "
                         "its weights)")
@@ -230,8 +212,7 @@ def read_config(path):
 
 
 def weight_files(directory):
-    """The weight files of a Hugging Face model directory: one file, or the shards that an
-    index.json lists."""
+    """The weight files of a Hugging Face model directory: one, or the shards index.json lists."""
     directory = Path(directory)
     for single, index in (("model.safetensors", "model.safetensors.index.json"),
                           ("pytorch_model.bin", "pytorch_model.bin.index.json")):
@@ -269,18 +250,15 @@ def load_tensors(path):
 
 
 def read_hf(source):
-    """(config dict, our GPTConfig, label names or None, {name: tensor}, where) of a local Hugging
-    Face model: a directory, or one weight file with config.json beside it. `where` is what error
-    messages about the weights name. The config is checked before the (maybe large) weights are
-    read."""
+    """(config dict, our GPTConfig, label names or None, {name: tensor}, where: what messages
+    about the weights name) of a local Hugging Face model: a directory, or one weight file with
+    config.json beside it. The config is checked before the (maybe large) weights are read."""
     source = Path(source)
     directory = source if source.is_dir() else source.parent
     hf = read_config(directory / "config.json")
     config, labels = config_from_hf(hf, directory / "config.json")
     files = weight_files(directory) if source.is_dir() else [source]
-    state = {}
-    for f in files:
-        state.update(load_tensors(f))
+    state = {name: tensor for f in files for name, tensor in load_tensors(f).items()}
     return hf, config, labels, state, files[0] if len(files) == 1 else directory
 
 
@@ -293,9 +271,8 @@ IMPORT_FILES = {"config.json", "model.safetensors", "SHA256SUMS"}
 
 def imported_from(directory):
     """The source recorded in a checkpoint this script imported, or None."""
-    if not is_checkpoint(directory):
-        return None
-    return json.loads((Path(directory) / "config.json").read_text()).get("source")
+    config = Path(directory) / "config.json"
+    return json.loads(config.read_text()).get("source") if is_checkpoint(directory) else None
 
 
 def is_earlier_import(directory):
@@ -314,10 +291,7 @@ def is_earlier_export(directory):
 
 def hub_name(source):
     """Our short name for a released GPT-2 given by short name or hub id, or None."""
-    for name, repo_id in HUB_MODELS.items():
-        if source in (name, repo_id):
-            return name
-    return None
+    return next((name for name, repo_id in HUB_MODELS.items() if source in (name, repo_id)), None)
 
 
 def describe_source(source):
@@ -351,11 +325,10 @@ def prune_empty(directory, top):
 
 def import_hf(source, out_dir=None, *, endpoint=None, checkpoints_dir=CHECKPOINTS, force=False,
               keep_download=False):
-    """Import a GPT-2 into a checkpoint directory of ours and return its path.
-
-    source: a released model's name (gpt2, ..., or its hub id), or a local Hugging Face directory or
-    weight file. out_dir: default checkpoints_dir/<name>; if it already holds this import it is
-    returned as is (unless force)."""
+    """Import a GPT-2 into a checkpoint directory of ours and return its path. source: a released
+    model's name (gpt2, ..., or its hub id), or a local Hugging Face directory or weight file.
+    out_dir: default checkpoints_dir/<name>; if it already holds this import it is returned as is
+    (unless force)."""
     recorded, name = describe_source(source)
     out_dir = Path(out_dir) if out_dir is not None else Path(checkpoints_dir) / name
     if not force and imported_from(out_dir) == recorded:
@@ -363,7 +336,6 @@ def import_hf(source, out_dir=None, *, endpoint=None, checkpoints_dir=CHECKPOINT
               "again)", file=sys.stderr)
         return out_dir
     check_output_dir(out_dir, is_earlier_import, force)
-
     cache = None
     if Path(source).exists():
         local = Path(source)
@@ -383,13 +355,12 @@ def import_hf(source, out_dir=None, *, endpoint=None, checkpoints_dir=CHECKPOINT
             shutil.rmtree(cache, ignore_errors=True)
             prune_empty(cache.parent, checkpoints_dir)
         raise
-    # A model exported from here keeps its own tokenizer in config.json (see hf_config); GPT-2 has
-    # GPT-2's.
+    # A model exported from here keeps its tokenizer in config.json (hf_config); GPT-2 has GPT-2's.
     info = CheckpointInfo(config, task="cls" if labels else "lm", labels=labels, source=recorded,
                           tokenizer=hf.get("minigpt2_tokenizer") or {"type": "gpt2"})
     save_checkpoint(out_dir, model, info)  # a temporary directory, then renamed: all or nothing
-    print(f"imported {source} ({model.num_params() / 1e6:.1f}M parameters, {len(hf_state)} tensors) "
-          f"into {out_dir}", file=sys.stderr)
+    print(f"imported {source} ({model.num_params() / 1e6:.1f}M parameters, {len(hf_state)} "
+          f"tensors) into {out_dir}", file=sys.stderr)
     if cache is not None and not keep_download:
         shutil.rmtree(cache, ignore_errors=True)  # the checkpoint has it all: no second copy
         prune_empty(cache.parent, checkpoints_dir)
@@ -398,21 +369,18 @@ def import_hf(source, out_dir=None, *, endpoint=None, checkpoints_dir=CHECKPOINT
 
 def export_hf(checkpoint, out_dir, force=False):
     """Write a checkpoint of ours (or a run directory: its best/, else last/) as a Hugging Face
-    GPT-2 directory: config.json + model.safetensors, and GPT-2's tokenizer files when the model
-    uses them."""
+    GPT-2 directory: config.json, model.safetensors, and GPT-2's tokenizer files if it uses them."""
     directory = find_checkpoint(checkpoint)
     check_output_dir(out_dir, is_earlier_export, force)
     model, info = load_model(directory)
     config_json = hf_config(model.config, info)
     tensors = ours_to_hf(model.state_dict(), model.config)
     # transformers' vocab.json and merges.txt are OpenAI's encoder.json and vocab.bpe, renamed.
-    tokenizer_files = {}
-    if info.tokenizer["type"] == "gpt2":
-        tokenizer_files = {"vocab.json": BPE_DIR / "encoder.json", "merges.txt": BPE_DIR / "vocab.bpe"}
+    tokenizer_files = ({"vocab.json": BPE_DIR / "encoder.json", "merges.txt": BPE_DIR / "vocab.bpe"}
+                       if info.tokenizer["type"] == "gpt2" else {})
 
     def fill(tmp):
-        # transformers refuses a safetensors file without the {"format": "pt"} that save_pretrained
-        # writes.
+        # transformers refuses a safetensors file without save_pretrained's {"format": "pt"}.
         save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config_json, indent=2))
         for target, source in tokenizer_files.items():
@@ -434,26 +402,21 @@ def resolve_pretrained(name_or_path, checkpoints_dir=CHECKPOINTS, endpoint=None)
     - a Hugging Face directory or weight file: converted into checkpoints/<its name> on first use;
     - a released GPT-2's name: downloaded and converted into checkpoints/<name> on first use."""
     path = Path(name_or_path)
-    if path.exists():
-        if path.is_dir() and not (path / "config.json").is_file():
-            return find_checkpoint(path)  # a run directory: best/ or last/
-        if path.is_dir() and is_checkpoint(path):
-            return path
-        recorded, name = describe_source(name_or_path)
-        out = Path(checkpoints_dir) / name
-        if imported_from(out) == recorded:
-            return out
-        if out.exists():
-            raise UserError(f"{out} already exists and was not imported from {path}; convert it "
-                            f"with python hf_import.py {path} --out_dir DIR and use DIR")
-        return import_hf(name_or_path, out, endpoint=endpoint, checkpoints_dir=checkpoints_dir)
-    name = hub_name(name_or_path)
-    if name is None:
-        describe_source(name_or_path)  # raises the "unknown model" error
+    if path.is_dir() and not (path / "config.json").is_file():
+        return find_checkpoint(path)  # a run directory: best/ or last/
+    if path.is_dir() and is_checkpoint(path):
+        return path
+    recorded, name = describe_source(name_or_path)  # or the "unknown model" error
     out = Path(checkpoints_dir) / name
-    if is_checkpoint(out):
-        return out  # imported earlier
-    return import_hf(name, out, endpoint=endpoint, checkpoints_dir=checkpoints_dir)
+    if not path.exists():  # a released GPT-2's name
+        return out if is_checkpoint(out) else import_hf(name, out, endpoint=endpoint,
+                                                        checkpoints_dir=checkpoints_dir)
+    if imported_from(out) == recorded:
+        return out
+    if out.exists():
+        raise UserError(f"{out} already exists and was not imported from {path}; convert it "
+                        f"with python hf_import.py {path} --out_dir DIR and use DIR")
+    return import_hf(name_or_path, out, endpoint=endpoint, checkpoints_dir=checkpoints_dir)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -467,10 +430,9 @@ def main(argv=None):
         return
     out = import_hf(args.source, args.out_dir or None, endpoint=args.endpoint or None,
                     force=args.force, keep_download=args.keep_download)
-    if load_model(out)[1].task == "cls":
-        print(f'try: python sample.py --out_dir {out} --text "A text to classify"', file=sys.stderr)
-    else:
-        print(f'try: python sample.py --out_dir {out} --start "The old house"', file=sys.stderr)
+    cls = load_model(out)[1].task == "cls"
+    what = '--text "A text to classify"' if cls else '--start "The old house"'
+    print(f"try: python sample.py --out_dir {out} {what}", file=sys.stderr)
 
 
 @dataclass

@@ -8,6 +8,7 @@ similarity: what MinHash misses is rare (see the banding comment), what we repor
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
 import itertools
@@ -149,11 +150,10 @@ def _minhash(hashes: np.ndarray, offsets: np.ndarray, n_hash: int, seed: int) ->
 
 def _near_pairs(texts, masks, threshold, ngram, seed):
     """[(u, v, similarity)] for distinct texts u < v with Jaccard >= threshold that occur in
-    different splits (masks[u] is the bit set of the splits text u occurs in); #candidates.
-
-    A pair is a candidate in the first band where the two texts share a bucket, and is checked
-    there, once. So no set of candidate pairs is kept: memory is linear in the number of texts,
-    however large the buckets (a bucket of n texts still costs n (n - 1) / 2 checks)."""
+    different splits (masks[u] is the bit set of the splits text u occurs in); #candidates. A pair
+    is a candidate in the first band where the two texts share a bucket, and is checked there,
+    once. So no set of candidate pairs is kept: memory is linear in the number of texts, however
+    large the buckets (a bucket of n texts still costs n (n - 1) / 2 checks)."""
     hashes, offsets = _shingle_hashes(texts, ngram)
     rows = _rows_for(threshold)
     signatures = _minhash(hashes, offsets, BANDS * rows, seed)
@@ -208,6 +208,19 @@ class Duplicates:
     diff_label: int = 0
     examples: list[Example] = field(default_factory=list)
 
+    def add(self, rows_a: _Rows, rows_b: _Rows):
+        """Count the row pairs of one match of distinct texts by multiplying group sizes: memory
+        stays linear in the rows."""
+        pairs = len(rows_a.indices) * len(rows_b.indices)
+        self.pairs += pairs
+        self.rows_b.update(rows_b.indices)
+        self.byte_identical += sum(len(i) * len(rows_b.by_raw.get(raw, ()))
+                                   for raw, i in rows_a.by_raw.items())
+        if rows_a.labels is not None:
+            same = sum(count * rows_b.labels[label] for label, count in rows_a.labels.items())
+            self.same_label += same
+            self.diff_label += pairs - same
+
 
 @dataclass
 class LeakageReport:
@@ -230,37 +243,23 @@ def find_leakage(splits: dict[str, list[str]], labels: dict[str, list] | None = 
     not exact) between every two splits, in the dict's order. Dropping `train_drop` from
     `train_split` (default: the first split) removes every leaked text from training."""
     names = list(splits)
-    # 1. Rows whose texts normalise equal share one distinct text (numbered u = 0, 1, ...).
-    groups = {}  # 8-byte blake2b of the normalised text -> (text, {split: [row indices]})
-    empty = dict.fromkeys(names, 0)
-    for name in names:
-        for index, raw in enumerate(splits[name]):
-            norm = normalise(raw)
-            if not norm:
-                empty[name] += 1
-                continue
-            key = hashlib.blake2b(norm.encode(), digest_size=8).digest()  # clash: ~1 in 10^10
-            groups.setdefault(key, (norm, defaultdict(list)))[1][name].append(index)
-    texts, where = [t for t, _ in groups.values()], [w for _, w in groups.values()]
+    texts, where, empty = _distinct_texts(splits)  # 1. rows whose texts normalise equal
     within = {n: sum(max(len(w.get(n, ())) - 1, 0) for w in where) for n in names}
     # 2. Near duplicates among distinct texts, so an exact pair is never also counted as near.
     masks = [sum(1 << names.index(n) for n in w) for w in where]
     near, candidates = _near_pairs(texts, masks, threshold, ngram, seed) if texts else ([], 0)
     matches = [(u, u, 1.0, "exact") for u, w in enumerate(where) if len(w) > 1]
     matches += [m for u, v, s in near for m in ((u, v, s, "near"), (v, u, s, "near"))]
-    # 3. Count the pairs of rows that the matches of distinct texts stand for, for every two
-    # splits a, b. A text that 1,000 rows of a and 1,000 of b share is a million pairs: they are
-    # counted by multiplying group sizes, never listed, so memory stays linear in the rows.
+    # 3. The pairs of rows the matches stand for, for every two splits a, b: a text that 1,000 rows
+    # of a and 1,000 of b share is a million pairs, counted (Duplicates.add), never listed.
     report = LeakageReport({n: len(splits[n]) for n in names}, {}, within, empty,
                            train_split or names[0], set(), threshold, ngram,
                            labels is not None, candidates)
-    grouped = {}  # (u, split) -> _Rows, made when first needed
 
+    @functools.cache  # (u, split) -> _Rows, made when first needed
     def rows_of(u, split):
-        if (u, split) not in grouped:
-            grouped[u, split] = _Rows(where[u][split], splits[split],
-                                      None if labels is None else labels[split], n_examples)
-        return grouped[u, split]
+        return _Rows(where[u][split], splits[split], None if labels is None else labels[split],
+                     n_examples)
 
     for a, b in itertools.combinations(names, 2):
         dups = report.pairs[f"{a} & {b}"] = {"exact": Duplicates(), "near": Duplicates()}
@@ -268,20 +267,10 @@ def find_leakage(splits: dict[str, list[str]], labels: dict[str, list] | None = 
         for u, v, s, kind in matches:
             if a not in where[u] or b not in where[v]:
                 continue
-            rows_a, rows_b, dup = rows_of(u, a), rows_of(v, b), dups[kind]
-            pairs = len(rows_a.indices) * len(rows_b.indices)
-            dup.pairs += pairs
-            dup.rows_b.update(rows_b.indices)
-            dup.byte_identical += sum(len(i) * len(rows_b.by_raw.get(raw, ()))
-                                      for raw, i in rows_a.by_raw.items())
-            if labels is not None:
-                same = sum(count * rows_b.labels[label] for label, count in rows_a.labels.items())
-                dup.same_label += same
-                dup.diff_label += pairs - same
-            if report.train_split == a:
-                report.train_drop.update(rows_a.indices)
-            elif report.train_split == b:
-                report.train_drop.update(rows_b.indices)
+            rows_a, rows_b = rows_of(u, a), rows_of(v, b)
+            dups[kind].add(rows_a, rows_b)
+            if report.train_split in (a, b):
+                report.train_drop.update((rows_a if report.train_split == a else rows_b).indices)
             found = _first_pairs(rows_a, rows_b, s, splits[a], splits[b], n_examples)
             first[kind] = sorted(first[kind] + found)[:n_examples]
         dups["near"].rows_b -= dups["exact"].rows_b  # count each leaked row of b only once
@@ -290,6 +279,22 @@ def find_leakage(splits: dict[str, list[str]], labels: dict[str, list] | None = 
                                     *((labels[a][i], labels[b][j]) if labels is not None else ()))
                             for _, s, j, i in first[kind]]
     return report
+
+
+def _distinct_texts(splits):
+    """Rows whose texts normalise equal share one distinct text, numbered u = 0, 1, ...: (the
+    distinct texts, where[u] = {split: [row indices]}, {split: rows empty after normalising})."""
+    groups = {}  # 8-byte blake2b of the normalised text -> (text, {split: [row indices]})
+    empty = dict.fromkeys(splits, 0)
+    for name, rows in splits.items():
+        for index, raw in enumerate(rows):
+            norm = normalise(raw)
+            if not norm:
+                empty[name] += 1
+                continue
+            key = hashlib.blake2b(norm.encode(), digest_size=8).digest()  # clash: ~1 in 10^10
+            groups.setdefault(key, (norm, defaultdict(list)))[1][name].append(index)
+    return [t for t, _ in groups.values()], [w for _, w in groups.values()], empty
 
 
 class _Rows:
@@ -368,13 +373,11 @@ def report_leakage(splits, drop_leaked):
     report = find_leakage({name: s.texts for name, s in splits.items()},
                           {name: s.labels.tolist() for name, s in splits.items()},
                           train_split="train")
-    leaked = {key: sum(len(d.rows_b) for d in dups.values()) for key, dups in report.pairs.items()}
     notes = []
-    if any(leaked.values()):
-        notes.append(format_report(report))
-        notes.append("warning: leakage: scores on a split that shares texts with train are "
-                     "optimistic" + ("" if drop_leaked else " (--drop_leaked=True removes them "
-                                                            "from train)"))
+    if any(d.rows_b for dups in report.pairs.values() for d in dups.values()):
+        advice = "" if drop_leaked else " (--drop_leaked=True removes them from train)"
+        notes += [format_report(report), "warning: leakage: scores on a split that shares texts "
+                  f"with train are optimistic{advice}"]
     if drop_leaked and report.train_drop:
         train = splits["train"]
         kept = np.setdiff1d(np.arange(len(train)), np.asarray(sorted(report.train_drop)))

@@ -9,12 +9,7 @@ Checkpoints: one directory per checkpoint, written atomically, checked when read
     SHA256SUMS          the sha256 of the other files, checked on every load (by hand: sha256sum -c)
 
 A run directory holds last/ (written at every evaluation and at the end) and best/ (when validation
-improves; weights and config only). Checks fail closed: a checkpoint without SHA256SUMS, or a file
-that SHA256SUMS does not list, is a damaged checkpoint; every size in config.json is bounded
-(check_shape, which checks Hugging Face's config.json too).
-
-This module knows the files, not the model: model.py builds a model from what read_checkpoint
-returns (train.load_model).
+improves; weights and config only). This module knows the files, not the model (train.load_model).
 """
 
 import errno
@@ -48,15 +43,14 @@ SHAPE_DEFAULTS = {"dropout": 0.0, "bias": True, "n_classes": 0}
 
 
 def check_shape(model, where):
-    """The model's shape (model.GPTConfig's fields, a dict) checked: sizes are integers within
-    SHAPE (n_classes may be 0), n_embd splits into n_head heads, dropout in [0, 1), bias a bool.
-    The one check of a shape read from a file, ours (config.json) or Hugging Face's."""
+    """The model's shape (model.GPTConfig's fields, a dict) checked, with SHAPE_DEFAULTS filled in:
+    the one check of a shape read from a file, ours (config.json) or Hugging Face's."""
     if not isinstance(model, dict):
         raise UserError(f"{where} is damaged: it has no 'model' section")
     model = {**SHAPE_DEFAULTS, **{k: model[k] for k in (*SHAPE, *SHAPE_DEFAULTS) if k in model}}
     for key, limit in SHAPE.items():
         value, low = model.get(key), 0 if key == "n_classes" else 1
-        if not is_int(value) or not low <= value <= limit:
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= limit:
             raise UserError(f"{where}: {key} is {value!r:.60}, not an integer in [{low}, {limit}]")
     if model["n_embd"] % model["n_head"]:
         raise UserError(f"{where}: n_embd {model['n_embd']} is not divisible by n_head "
@@ -71,35 +65,22 @@ def check_shape(model, where):
 
 @dataclass
 class CheckpointInfo:
-    """What config.json holds, and who reads it.
+    """What config.json holds, and who reads it."""
 
-    model       the model's shape: model.GPTConfig's fields as a dict (block_size, vocab_size,
-                n_layer, n_head, n_embd, dropout, bias, n_classes)
-    task        "lm" (a GPT: next-token prediction) or "cls" (a GPTClassifier; n_classes > 0)
-    tokenizer   data.<Tokenizer>.to_dict(): {"type": "gpt2"} or {"type": "char", "chars": "..."};
-                train.py compares it with the data's before resuming or starting from the checkpoint
-    labels      cls: the class names, class i is labels[i] (sample.py, evaluate.py, the HF export)
-    data        lm: the data's manifest (its source_sha256 must match to resume; evaluate.py takes
-                the split from it); cls: where each split came from
-    iter_num    the optimizer steps behind these weights
-    metrics     the evaluation these weights were saved with, made at iteration evaluated_at
-    run         the settings of the run that wrote it (resume checks the shape against them)
-    source      hf_import: where the weights were imported from (not imported twice)
-    """
-
-    model: dict
-    task: str = "lm"
+    model: dict  # the shape: model.GPTConfig's fields as a dict
+    task: str = "lm"  # "lm" (a GPT, next-token prediction) or "cls" (GPTClassifier, n_classes > 0)
+    # data.<Tokenizer>.to_dict(): {"type": "gpt2"} or {"type": "char", "chars": "..."}; train.py
+    # compares it with the data's before resuming or starting from the checkpoint
     tokenizer: dict = None
-    labels: list = None
+    labels: list = None  # cls: class i is labels[i] (sample.py, evaluate.py, the HF export)
+    # lm: the data's manifest (its source_sha256 must match to resume; evaluate.py takes the split
+    # from it); cls: where each split came from
     data: dict = None
-    iter_num: int = None
-    metrics: dict = None
+    iter_num: int = None  # the optimizer steps behind these weights
+    metrics: dict = None  # the evaluation these weights were saved with, made at evaluated_at
     evaluated_at: int = None
-    run: dict = None
-    source: str = None
-
-    def to_json(self):
-        return json.dumps(asdict(self), indent=2, default=str)
+    run: dict = None  # the settings of the run that wrote it (resume checks the shape against them)
+    source: str = None  # hf_import: where the weights were imported from (not imported twice)
 
     @classmethod
     def from_dict(cls, d, where):
@@ -118,23 +99,18 @@ class CheckpointInfo:
         return cls(**{**{k: v for k, v in d.items() if k in names}, "model": model})
 
 
-def is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 # --------------------------------------------------------------------------------------------------
 # Writing
 
 
 def unwrap(model):
-    """The plain model inside a DDP wrapper and/or a torch.compile wrapper, so saved keys never
-    carry 'module.' or '_orig_mod.' prefixes."""
+    """The model inside DDP and torch.compile wrappers: saved keys never start 'module.' or
+    '_orig_mod.'."""
     model = getattr(model, "module", model)  # DistributedDataParallel
     return getattr(model, "_orig_mod", model)  # torch.compile
 
 
 def remove(path):
-    """Remove a file or a directory tree, if it is there."""
     path = Path(path)
     if path.is_dir():
         shutil.rmtree(path)
@@ -143,7 +119,7 @@ def remove(path):
 
 
 def usual_permissions(directory):
-    """Give every file in `directory` the mode a new file usually gets (0666 less the umask).
+    """Give every file in `directory` the mode a new file usually gets (0666 less the umask):
     safetensors creates its files readable by their owner only, which surprises whoever shares a
     checkpoint with another user."""
     umask = os.umask(0)
@@ -154,12 +130,11 @@ def usual_permissions(directory):
 
 
 def write_directory(directory, fill):
-    """Create `directory` atomically with fill(tmp), which writes its files into tmp.
-
-    Everything is written into a hidden sibling directory first, then swapped in with renames. If
-    the process dies at any point, either the previous directory or the new one is complete on disk
-    (between the two renames the previous one is at .<name>.old, where find_checkpoint also looks).
-    An OS error (disk full, read-only) is one line; the previous directory is left as it was."""
+    """Create `directory` atomically with fill(tmp), which writes its files into tmp: a hidden
+    sibling directory, then swapped in with renames. If the process dies at any point, either the
+    previous directory or the new one is complete on disk (between the two renames the previous
+    one is at .<name>.old, where find_checkpoint also looks). An OS error (disk full, read-only) is
+    one line; the previous directory is left as it was."""
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp")
     old = directory.with_name(f".{directory.name}.old")
@@ -179,9 +154,8 @@ def write_directory(directory, fill):
         os.replace(tmp, directory)
         remove(old)
     except OSError as e:
-        raise UserError(f"could not write {directory}: {e.strerror or e} "
-                        f"({e.filename or directory}); the previous copy, if any, is "
-                        "intact") from None
+        raise UserError(f"could not write {directory}: {e.strerror or e} ({e.filename or directory}"
+                        "); the previous copy, if any, is intact") from None
 
 
 def save_checkpoint(directory, model, info, train_state=None):
@@ -205,7 +179,7 @@ def save_checkpoint(directory, model, info, train_state=None):
 
     def fill(tmp):
         save_file(state, tmp / WEIGHTS)
-        (tmp / CONFIG).write_text(info.to_json())
+        (tmp / CONFIG).write_text(json.dumps(asdict(info), indent=2, default=str))
         if train_state is not None:
             try:
                 torch.save(train_state, tmp / TRAIN_STATE)
@@ -236,27 +210,18 @@ def find_checkpoint(path):
                     "or last/)")
 
 
-def read_sums(directory):
-    """{file name: sha256} from a checkpoint's SHA256SUMS. Missing or garbled, the checkpoint is
-    damaged: checks fail closed."""
-    path = Path(directory) / SUMS
-    if not path.is_file():
-        raise UserError(f"{directory} is damaged: it has no {SUMS}, so its files cannot be "
-                        "checked")
-    sums = {}
-    for number, line in enumerate(read_text(path).splitlines(), start=1):
-        digest, _, name = line.partition("  ")
-        if len(digest) != 64 or not name:
-            raise UserError(f"{path} is damaged: line {number} is not '<sha256>  <file name>'")
-        sums[name] = digest
-    return sums
-
-
 def verify(directory, name):
-    """Check one file of a checkpoint against its SHA256SUMS: one line if it is missing, unlisted or
-    damaged."""
-    directory = Path(directory)
-    expected = read_sums(directory)
+    """Check one file of a checkpoint against its SHA256SUMS. Checks fail closed: without
+    SHA256SUMS, with a garbled one, or a file it does not list, the checkpoint is damaged."""
+    directory, sums = Path(directory), Path(directory) / SUMS
+    if not sums.is_file():
+        raise UserError(f"{directory} is damaged: it has no {SUMS}, so its files cannot be checked")
+    expected = {}
+    for number, line in enumerate(read_text(sums).splitlines(), start=1):
+        digest, _, listed = line.partition("  ")
+        if len(digest) != 64 or not listed:
+            raise UserError(f"{sums} is damaged: line {number} is not '<sha256>  <file name>'")
+        expected[listed] = digest
     if name not in expected:
         raise UserError(f"{directory / name} is not listed in {SUMS}, so it cannot be checked; the "
                         "checkpoint is damaged")
@@ -267,7 +232,6 @@ def verify(directory, name):
 
 
 def read_info(directory):
-    """The checked CheckpointInfo of a checkpoint directory."""
     verify(directory, CONFIG)
     path = Path(directory) / CONFIG
     return CheckpointInfo.from_dict(read_json(path), path)
@@ -315,8 +279,8 @@ def check_unchanged(where, started, wanted, keys):
     changed = [f"{k} {started[k]} -> {wanted[k]}" for k in keys
                if k in started and started[k] != wanted[k]]
     if changed:
-        raise UserError(f"cannot resume {where} with other settings ({', '.join(changed)}); use the "
-                        "run's own settings or a new out_dir")
+        raise UserError(f"cannot resume {where} with other settings ({', '.join(changed)}); use "
+                        "the run's own settings or a new out_dir")
 
 
 def check_same_meaning(info, meta, where, resume):

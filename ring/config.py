@@ -1,19 +1,9 @@
 """
-Settings: how a script's settings are declared, read and checked, and how scripts report mistakes.
-
-A script's settings are a dataclass whose fields are declared with `setting(help, default, rule)`
-(TrainConfig in train.py, SampleSettings in sample.py, ...). They come, in this order of
-precedence, from:
-  1. the defaults;
-  2. config files: plain Python that assigns values, e.g. configs/shakespeare.py;
-  3. the command line: --key=value or --key value, converted to the default's type. A bool
-     setting alone (--compile) means true; a tuple setting takes several values (--text A B, or
-     --text A --text B). Positional arguments are config files, unless the settings class names
-     the settings that take them in POSITIONAL (evaluate.py's checkpoint, plot.py's runs).
-Every value is then checked against its rule ("> 0", "[0, 1)", a tuple of choices, "required")
-and must be finite, whether it came from a file, the command line or Python code (the dataclass
-checks itself on creation). Every mistake is one line: an unknown key names the closest valid one,
-and nothing prints argparse's usage message.
+Settings: how a script's settings are declared (a dataclass of `setting(help, default, rule)`
+fields, e.g. train.TrainConfig), read (parse_config: the defaults, then config files, plain Python
+such as configs/shakespeare.py, then the command line) and checked (type, rule, finite, wherever a
+value came from), and how scripts report mistakes: one line (UserError, run_main), never argparse's
+usage message; an unknown key names the closest valid one.
 """
 
 import argparse
@@ -30,11 +20,8 @@ class UserError(Exception):
 
 
 def run_main(main):
-    """Run a script's main(); a UserError becomes one line on stderr and exit status 1, no
-    traceback.
-
-    Under torchrun every process would print the same error: only rank 0 does, the others exit
-    quietly."""
+    """Run a script's main(); a UserError becomes one line on stderr and exit status 1, printed by
+    rank 0 only (under torchrun every process would print it)."""
     try:
         main()
     except UserError as e:
@@ -56,35 +43,31 @@ def run_main(main):
 
 def setting(help, default, rule=None, bare=None):
     """A dataclass field with its help text and an optional rule: "> 0", ">= 1", "[0, 1)", "(0, 1]"
-    (intervals, brackets inclusive), a tuple of allowed values, or "required" (not empty).
-
-    The default's type is the setting's: bool, int, float, str, or tuple (of strings: a setting
-    that takes several values, e.g. sample.py's --text; a choice rule applies to each). A bool given
-    bare (--compile) is true; a str setting with `bare` may be given bare too, meaning that value
-    (evaluate.py's --hellaswag, or --hellaswag=FILE)."""
+    (brackets inclusive), a tuple of allowed values, or "required" (not empty). The default's type
+    is the setting's: bool, int, float, str, or tuple (of strings: --text A B, or --text A --text
+    B). A bool given bare (--compile) is true; a str setting given bare means `bare` (evaluate.py's
+    --hellaswag, or --hellaswag=FILE)."""
     return dataclasses.field(default=default, metadata={"help": help, "rule": rule, "bare": bare})
 
 
 def with_defaults(cls, defaults, helps=None):
-    """A subclass of the settings dataclass cls whose fields have other defaults (and, in helps,
-    other help texts); their rules stay. finetune.py's settings are train.py's this way, with
-    defaults for fine-tuning a pretrained model."""
-    annotations, namespace = {}, {"__module__": cls.__module__, "__doc__": cls.__doc__}
-    for f in dataclasses.fields(cls):
-        if f.name in defaults or f.name in (helps or {}):
-            metadata = {**f.metadata, "help": (helps or {}).get(f.name, f.metadata["help"])}
-            annotations[f.name] = f.type
+    """A subclass of the settings dataclass cls with other defaults (and, in helps, other help
+    texts), the same rules: finetune.py's settings are train.py's this way."""
+    helps, fields = helps or {}, dataclasses.fields(cls)
+    unknown = set(defaults) - {f.name for f in fields}
+    assert not unknown, f"no such settings: {unknown}"
+    namespace = {"__module__": cls.__module__, "__doc__": cls.__doc__, "__annotations__": {}}
+    for f in fields:
+        if f.name in defaults or f.name in helps:
+            namespace["__annotations__"][f.name] = f.type
+            metadata = {**f.metadata, "help": helps.get(f.name, f.metadata["help"])}
             namespace[f.name] = dataclasses.field(default=defaults.get(f.name, f.default),
                                                   metadata=metadata)
-    unknown = set(defaults) - {f.name for f in dataclasses.fields(cls)}
-    assert not unknown, f"no such settings: {unknown}"
-    namespace["__annotations__"] = annotations
     return dataclasses.dataclass(type(cls.__name__, (cls,), namespace))
 
 
 def satisfies(value, rule):
-    """Does value satisfy rule (see setting)? A tuple value satisfies a choice rule when each of
-    its items does."""
+    """Does value (a tuple: each of its items) satisfy rule (see setting)?"""
     if rule is None:
         return True
     if rule == "required":
@@ -115,10 +98,9 @@ def describe(rule):
 
 
 def check_value(name, value, expected, rule=None, help=""):
-    """value as a setting `name` of type expected that satisfies rule, or a UserError. An integer
-    where a float is expected becomes a float, a list where a tuple is expected a tuple. The one
-    check of every setting (check_settings), and of the Python APIs that share a setting's rule
-    (sample.check_sampling)."""
+    """value as a setting `name` of type expected that satisfies rule, or a UserError (an int
+    becomes a float, a list a tuple). The one check of every setting, and of the Python APIs that
+    share a setting's rule (sample.check_sampling)."""
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if expected is tuple and isinstance(value, list):
@@ -152,8 +134,8 @@ def _type_of(field):
 # --------------------------------------------------------------------------------------------------
 # Reading settings
 
-BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True,
-              "0": False, "false": False, "no": False, "off": False}
+BOOL_WORDS = {**dict.fromkeys(("1", "true", "yes", "on"), True),
+              **dict.fromkeys(("0", "false", "no", "off"), False)}
 
 
 def did_you_mean(key, valid):
@@ -163,21 +145,17 @@ def did_you_mean(key, valid):
 
 
 def usage_error(message):
-    """A mistake on the command line: one line and exit status 2 (the convention for usage
-    errors), not argparse's usage message."""
+    """A mistake on the command line: one line and exit status 2 (usage errors' convention)."""
     print(f"error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(2)
 
 
 def convert(text, expected, key):
-    """A command-line string (a list of them for a tuple) as the setting's type; a wrong one stops
-    with one line (usage_error)."""
+    """A command-line string (a list of them for a tuple) as the setting's type, or usage_error."""
     if expected is tuple:
         return tuple(text)
     try:
-        if expected is bool:
-            return BOOL_WORDS[text.lower()]
-        return expected(text)
+        return BOOL_WORDS[text.lower()] if expected is bool else expected(text)
     except (KeyError, ValueError):
         kinds = {bool: "true or false", int: "an integer", float: "a number"}
         usage_error(f"--{key} must be {kinds.get(expected, 'a string')}, not '{text}'")
@@ -213,9 +191,9 @@ def _help(field):
     return f"{text}{rule} (default: {shown})"
 
 
-def _parser(config_class, fields, positional, description, prog):
-    """The argparse parser of a settings class: every value is read as a string (or a list of
-    them), with no default, so that what the command line gave is told apart from the rest."""
+def _parser(fields, positional, description, prog):
+    """The argparse parser of a settings class: every value a string (or a list of them), with no
+    default, so that what the command line gave is told apart from the rest."""
     epilog = ("--key=value and --key value both work; a true/false setting alone (--compile)\n"
               "means true; one shown as STR [STR ...] takes several values: --key A B, or\n"
               "--key A --key B.")
@@ -229,9 +207,8 @@ def _parser(config_class, fields, positional, description, prog):
         parser.add_argument(name, nargs="*" if several else "?", default=argparse.SUPPRESS,
                             metavar=name.upper(), help=_help(fields[name]))
     metavars = {bool: "BOOL", int: "INT", float: "FLOAT", str: "STR", tuple: "STR"}
-    for name, field in fields.items():
-        if name in (positional or ()):
-            continue
+    options = {name: f for name, f in fields.items() if name not in (positional or ())}
+    for name, field in options.items():
         kind = _type_of(field)
         several = dict(nargs="+", action="extend") if kind is tuple else {}
         parser.add_argument(f"--{name}", default=argparse.SUPPRESS, metavar=metavars[kind],
@@ -240,10 +217,9 @@ def _parser(config_class, fields, positional, description, prog):
 
 
 def _bare_flags(argv, flags, bare):
-    """The command line with each bare --flag of a bool setting written --flag=true. The next
-    argument is the flag's value only if it reads as one (true, false, 1, 0, yes, no, on, off):
-    `--force gpt2` is --force=true and then gpt2. A bare --flag of a str setting with a bare value
-    (bare: {flag: value}) is that value when no value follows it (the end, or another option)."""
+    """The command line with each bare --flag of a bool setting written --flag=true: the next
+    argument is its value only if it reads as one (`--force gpt2` is --force=true, then gpt2). A
+    str setting's flag in bare ({flag: value}) takes that value when no value follows it."""
     out = []
     for i, arg in enumerate(argv):
         if arg == "--":  # what follows are positional arguments
@@ -261,13 +237,13 @@ def parse_config(config_class, argv=None, description=None, prog=None):
     """A config_class instance from its defaults, config files and --key=value overrides, checked.
 
     Positional arguments are config files, unless config_class.POSITIONAL names the settings that
-    take them (a tuple setting takes all of them). A setting listed in config_class.FOLLOWS (e.g.
-    lr_decay_iters follows max_iters) goes back to its default when the setting it follows is given
-    on the command line and it is not: overriding --max_iters on a config file must not leave that
-    file's schedule length behind."""
+    take them (evaluate.py's checkpoint; a tuple setting takes all of them). A setting in
+    config_class.FOLLOWS (lr_decay_iters follows max_iters) goes back to its default when the one
+    it follows is given on the command line and it is not: overriding --max_iters on a config file
+    must not leave that file's schedule length behind."""
     fields = {f.name: f for f in dataclasses.fields(config_class)}
     positional = getattr(config_class, "POSITIONAL", None)
-    parser = _parser(config_class, fields, positional, description, prog)
+    parser = _parser(fields, positional, description, prog)
     flags = {f"--{name}" for name, f in fields.items() if _type_of(f) is bool}
     argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     bare = {f"--{name}": f.metadata["bare"] for name, f in fields.items()
@@ -278,7 +254,6 @@ def parse_config(config_class, argv=None, description=None, prog=None):
         if arg.startswith("-"):
             raise UserError(f"unknown option --{key}{did_you_mean(key, fields)}")
         raise UserError(f"unexpected argument '{arg}'")
-
     values = {}
     for path in getattr(args, "config_files", []):
         for key, value in read_config_file(path).items():

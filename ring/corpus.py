@@ -1,15 +1,13 @@
 """
 Corpora of documents into token shards, at any size: the machinery behind data.prepare_lm_data.
 
-data.py holds the rules (which split a document goes to, the tokens it becomes, the shard format)
-and does it all in memory in a few lines (data.prepare_in_memory); this module follows the same
-rules at any size. Documents are read one batch at a time, tokenized on threads (tiktoken's batch
-encoding keeps their order), and appended to the shard being written, so memory stays flat however
-large the corpus and the bytes are the same for any number of workers. It writes into
-<out>.partial/, locked against a second preparation, and records its progress each time a shard is
-complete, so an interrupted preparation resumes there; the directory is renamed into place,
-manifest.json last, only when everything is written. Bad input is one line, and then nothing
-half-written is left behind. A folder of .bin shards is indexed in place, its token ids checked.
+data.py holds the rules (which split a document goes to, its tokens, the shard format) and applies
+them in memory (data.prepare_in_memory); this module applies them at any size. Documents are read
+a batch at a time, tokenized on threads (in order) and appended to the open shard: memory stays
+flat, and the bytes are the same for any number of workers. It writes into <out>.partial/, locked,
+records its progress at each complete shard (an interrupted preparation resumes there), and renames
+it into place, manifest.json last, when all is written; bad input leaves nothing half-written. A
+folder of .bin shards is indexed in place, its token ids checked.
 """
 
 import hashlib
@@ -20,8 +18,6 @@ import sys
 import time
 from collections import namedtuple
 from pathlib import Path
-
-import numpy as np
 
 from ring.config import UserError
 from ring.download import LISTING, sha256_of
@@ -42,9 +38,8 @@ Rules = namedtuple("Rules", "split_documents document_tokens shard_header read_s
 
 
 def source_files(source):
-    """The files of a corpus, in the order their documents are read: a file, or a folder's .txt
-    files (one document each) or .bin shards, sorted by path. Links to folders are not followed
-    (a note says how many were left out)."""
+    """The files of a corpus, in reading order: a file, or a folder's .txt files (one document each)
+    or .bin shards, sorted by path. Links to folders are not followed (a note counts them)."""
     source = Path(source)
     if source.is_file():
         return [source]
@@ -64,10 +59,8 @@ def source_files(source):
 
 
 def read_documents(files, text_column, reading):
-    """Yield every document of the corpus's files, in order: a .txt file is one document; a .jsonl,
-    .csv or .tsv (optionally .gz) table one document per row, its text_column(s) (guessed when
-    empty; several, comma separated, are joined with a newline). reading["bytes"] counts the bytes
-    read so far, for the progress line."""
+    """Every document of files, in order: a .txt file is one; a table (.jsonl, .csv, .tsv, maybe
+    .gz) one per row, its text_column(s). reading["bytes"] counts the bytes read, for progress."""
     for path in files:
         with open_text(path, newline=None if table_kind(path) is None else "") as f:
             reading["file"] = f.raw_file
@@ -95,8 +88,8 @@ def read_documents(files, text_column, reading):
 
 
 class ShardWriter:
-    """The shards of one split: tokens are appended to the shard being written, which is closed,
-    hashed and renamed into place when it holds shard_tokens tokens."""
+    """The shards of one split: tokens are appended to the open shard, which is closed, hashed and
+    renamed into place when it holds shard_tokens tokens."""
 
     def __init__(self, directory, split, shard_tokens, header, done=(), open_tokens=0):
         self.directory, self.split, self.shard_tokens = directory, split, shard_tokens
@@ -201,30 +194,28 @@ def write_shards(partial, documents, encode_batch, rules, eot, shard_tokens, pro
 
 
 def _resume_point(partial, identity):
-    """Where an interrupted preparation of the same source and options stopped, else the start
-    (and then whatever partial/ holds goes)."""
-    start = {"identity": identity, "documents": 0, "shards": {"train": [], "val": []},
-             "open": {"train": 0, "val": 0}}
+    """Where an interrupted preparation of the same source and options stopped, else the start;
+    what partial/ holds beyond that point goes."""
     try:
         saved = read_json(partial / "progress.json")
     except UserError:
         saved = None
-    if saved is None or saved.get("identity") != identity:
-        for path in partial.iterdir():
-            if path.name != ".lock":
-                path.unlink()
-        return start
-    kept = {"progress.json", ".lock"}
-    for split, shards in saved["shards"].items():
-        kept |= {s["name"] for s in shards}
-        if saved["open"][split]:
-            kept.add(f".{split}_{len(shards):06d}.bin.tmp")
-    for path in partial.iterdir():  # what came after the recorded point
+    kept = {".lock"}
+    if saved is not None and saved.get("identity") == identity:
+        kept.add("progress.json")
+        for split, shards in saved["shards"].items():
+            kept |= {s["name"] for s in shards}
+            if saved["open"][split]:
+                kept.add(f".{split}_{len(shards):06d}.bin.tmp")
+        done = sum(len(shards) for shards in saved["shards"].values())
+        print(f"resuming the preparation after document {saved['documents']:,} ({done} shards were "
+              "complete)", file=sys.stderr)
+    else:
+        saved = {"identity": identity, "documents": 0, "shards": {"train": [], "val": []},
+                 "open": {"train": 0, "val": 0}}
+    for path in partial.iterdir():
         if path.name not in kept:
             path.unlink()
-    done = sum(len(shards) for shards in saved["shards"].values())
-    print(f"resuming the preparation after document {saved['documents']:,} ({done} shards were "
-          "complete)", file=sys.stderr)
     return saved
 
 
@@ -260,9 +251,8 @@ class Progress:
         speed = done / max(now - self.start, 1e-9)
         eta = (self.total - done) / speed if speed > 0 else 0
         tokens = sum(w.tokens for w in writers.values())
-        sys.stderr.write(f"\r  {done / 1e6:9.1f} / {self.total / 1e6:.1f} MB  {speed / 1e6:6.1f} "
-                         f"MB/s  {tokens / 1e6:8.1f}M tokens  ETA {eta:5.0f} s")
-        sys.stderr.flush()
+        print(f"\r  {done / 1e6:9.1f} / {self.total / 1e6:.1f} MB  {speed / 1e6:6.1f} MB/s  "
+              f"{tokens / 1e6:8.1f}M tokens  ETA {eta:5.0f} s", end="", file=sys.stderr, flush=True)
 
     def end(self):
         if self.shown:
@@ -275,13 +265,11 @@ class Progress:
 
 def prepare(source, tokenizer, data_dir, rules, make_tokenizer, *, val_fraction, text_column,
             workers, shard_tokens=SHARD_TOKENS, verify=True):
-    """data.prepare_lm_data's machinery: (directory, manifest) of the shards of source, prepared in
-    data_dir/<name>-<tokenizer>-<key>/ unless an earlier preparation of the same files (by path,
-    size and modification time) and options is there, and checked either way (verify: its shards'
-    sha256 too; one process of a run does it).
-
-    tokenizer: {"type": "gpt2"}, {"type": "char"} (vocabulary from the text: a first pass reads it)
-    or {"type": "char", "chars": ...}; make_tokenizer(dict) builds it."""
+    """(directory, manifest) of the shards of source, prepared in data_dir/<name>-<tokenizer>-<key>/
+    unless an earlier preparation of the same files (path, size, mtime) and options is there;
+    checked either way (verify: the shards' sha256 too; one process of a run does it). tokenizer:
+    {"type": "gpt2"}, {"type": "char"} (its vocabulary read from the text first) or {"type":
+    "char", "chars": ...}; make_tokenizer(dict) builds it."""
     source = Path(source)
     files = source_files(source)
     fingerprint = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
@@ -310,18 +298,19 @@ def tokenize_corpus(out, files, tokenizer, make_tokenizer, identity, rules, shar
     partial.mkdir(parents=True, exist_ok=True)
     lock = take_lock(partial, "another preparation of the same data", "finish")
     try:
-        manifest = read_manifest(out, identity)  # it may have finished while we waited
-        if manifest is None:
-            manifest = _tokenize(out, partial, files, tokenizer, make_tokenizer, identity, rules,
-                                 shard_tokens, workers)
-    except UserError:  # bad input: nothing half-written is left
+        manifest = read_manifest(out, identity)  # another process may have just finished it
+        if manifest is not None:
+            release_lock(partial, lock)
+            shutil.rmtree(partial, ignore_errors=True)
+            return manifest
+        manifest = _tokenize(out, partial, files, tokenizer, make_tokenizer, identity, rules,
+                             shard_tokens, workers)
+    except BaseException as e:  # interrupted, or the disk is full: complete shards stay, to resume
         release_lock(partial, lock)
-        shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(e, UserError):  # bad input: nothing half-written is left
+            shutil.rmtree(partial, ignore_errors=True)
         raise
-    except BaseException:  # interrupted, or the disk is full: complete shards stay, to resume
-        release_lock(partial, lock)
-        raise
-    release_lock(out, lock)
+    release_lock(out, lock)  # partial/ is out/ now
     return manifest
 
 
@@ -396,7 +385,6 @@ def index_shards(out, files, tokenizer, identity, rules, vocab_size=50257):
     manifest = {**identity, "identity": identity, "tokenizer": {"type": "gpt2"},
                 "vocab_size": vocab_size, "source_sha256": digest, "documents": None,
                 "train_tokens": counts["train"], "val_tokens": counts["val"], "shards": shards}
-    out.mkdir(parents=True, exist_ok=True)
     write_file(out / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1)))
     return manifest
 

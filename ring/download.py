@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 from ring.config import UserError
-from ring.files import parse_json, read_json
+from ring.files import parse_json, read_json, write_file
 
 
 def sha256_of(path):
@@ -40,14 +40,12 @@ def _progress(done, total, start_time, start_bytes):
                 f"ETA {eta:5.0f} s")
     else:
         line = f"\r  {done / 1e6:8.1f} MB  {speed / 1e6:6.1f} MB/s"
-    sys.stderr.write(line)
-    sys.stderr.flush()
+    print(line, end="", file=sys.stderr, flush=True)
 
 
 def _fetch(url, part, have, limit, what, timeout):
     """Append the bytes of url after the first `have` to part (all of them when have is 0), never
-    more than limit bytes in all, and never waiting more than timeout seconds for the next 64 KiB.
-    """
+    more than limit bytes in all, never waiting more than timeout seconds for the next 64 KiB."""
     request = urllib.request.Request(url, headers={"User-Agent": "minigpt2"})
     if have:
         request.add_header("Range", f"bytes={have}-")
@@ -61,15 +59,14 @@ def _fetch(url, part, have, limit, what, timeout):
             expected = have + int(length) if length is not None else None
             done = _copy(response, part, have, limit, timeout, expected or limit)
             sys.stderr.write("\n")
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and have:  # "range not satisfiable": the .part is at least the whole file
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        http_error = isinstance(e, urllib.error.HTTPError)
+        if http_error and e.code == 416 and have:  # "range not satisfiable": .part is all there
             part.unlink()
             raise UserError(f"the partial download {part} does not fit {url} and was removed; "
                             "run again") from None
-        raise UserError(f"could not download {url} ({e.code} {e.reason}); download it elsewhere "
-                        f"and pass {what}") from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-        reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
+        reason = (f"{e.code} {e.reason}" if http_error else
+                  getattr(e, "reason", None) or f"{type(e).__name__}: {e}")
         raise UserError(f"could not download {url} ({reason}); download it elsewhere and pass "
                         f"{what}") from None
     # When the connection drops, read() may simply return b"" early instead of raising: compare with
@@ -104,14 +101,12 @@ def _copy(response, part, have, limit, timeout, total):
 
 def download(url, dest, sha256=None, size=None, what="a local copy", timeout=30, check=None,
              max_bytes=None):
-    """Download url to dest, resuming a partial download, checking size and sha256 when given.
-
-    The bytes go to dest + '.part' and are renamed into place only when complete and verified, so
-    dest is either absent or whole. An interrupted download leaves the .part file, and the next call
-    asks the server for the remaining bytes only (an HTTP Range request). Reading stops at size (or
-    max_bytes, for a file of unknown size): a server that sends more is refused. On any network
-    failure this stops with one line naming the URL and saying how to use `what` instead.
-    check(part), when given, must accept the whole file (for files with no published sha256)."""
+    """Download url to dest, resuming a partial download, checking size and sha256 when given. The
+    bytes go to dest.part, renamed into place only when complete and verified: dest is absent or
+    whole. An interrupted download leaves the .part, and the next call asks for the rest only (an
+    HTTP Range request). Reading stops at size (or max_bytes): a server that sends more is refused.
+    A network failure is one line naming the URL and saying how to use `what` instead. check(part),
+    when given, must accept the whole file (for files with no published sha256)."""
     dest = Path(dest)
     if dest.exists():
         return dest
@@ -141,15 +136,12 @@ def download(url, dest, sha256=None, size=None, what="a local copy", timeout=30,
 # --------------------------------------------------------------------------------------------------
 # The Hugging Face hub
 
-# The released GPT-2 models: our short name -> the repository on the hub (the canonical ids; the old
-# short ids such as "gpt2" still redirect there, but may not forever).
-HUB_MODELS = {
-    "gpt2": "openai-community/gpt2",  # 124M parameters
-    "gpt2-medium": "openai-community/gpt2-medium",  # 355M
-    "gpt2-large": "openai-community/gpt2-large",  # 774M
-    "gpt2-xl": "openai-community/gpt2-xl",  # 1558M
-    "distilgpt2": "distilbert/distilgpt2",  # 82M, distilled from gpt2 (6 layers)
-}
+# The released GPT-2 models, our short name -> the repository on the hub (the canonical ids; the old
+# short ids such as "gpt2" still redirect there, but may not forever): 124M, 355M, 774M and 1558M
+# parameters, and distilgpt2 (82M, 6 layers distilled from gpt2).
+HUB_MODELS = {**{name: f"openai-community/{name}"
+                 for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")},
+              "distilgpt2": "distilbert/distilgpt2"}
 DEFAULT_ENDPOINT = "https://huggingface.co"
 
 
@@ -163,12 +155,10 @@ def hub_endpoint(endpoint=None):
 
 def hub_file_info(endpoint, repo_id, timeout=15, kind="models", max_bytes=16 << 20):
     """{file name: (size, sha256 or None)} from the hub's file list of a model (kind "models") or a
-    dataset repository ("datasets"), or {} if it cannot be had.
-
-    For files kept in Git LFS (the weights), the hub's API gives the sha256 of the content
-    ("lfs.oid") and its size; small files get a size only. The list is read up to max_bytes, and
-    an entry that is not a file with a name and a size is left out. This check is a bonus: when
-    the API is unreachable or answers something else, the files are downloaded without it rather
+    dataset repository ("datasets"), or {} if it cannot be had. Files in Git LFS (the weights) get
+    the sha256 of the content ("lfs.oid") and its size; small files a size only. The list is read
+    up to max_bytes; an entry that is not a file with a name is left out. This check is a bonus:
+    when the API is unreachable or answers something else, models are downloaded without it rather
     than not at all (corpora, which need it, refuse)."""
     url = f"{endpoint}/api/{kind}/{repo_id}/tree/main"
     try:
@@ -218,18 +208,13 @@ LISTING = "hub_files.json"  # the hub's file list, kept with the shards: offline
 
 def fetch_hub_corpus(name, directory, tokens_needed=0, shards=0, endpoint=None):
     """directory, holding the validation shard and the first training shards of a pre-tokenized
-    corpus on the hub: as many as hold tokens_needed tokens (or `shards` of them; at least one),
-    each checked against the hub's size and sha256. Downloads resume after a cut; shards already
-    there are not fetched again (and are checked against the listing, kept beside them, when the
-    folder is indexed: ring/corpus.py)."""
+    corpus on the hub (shards_to_fetch), each checked against the hub's size and sha256. Shards
+    already there are not fetched again (ring/corpus.py checks them against the listing kept)."""
     repo, endpoint, directory = HUB_CORPORA[name], hub_endpoint(endpoint), Path(directory)
     url = f"{endpoint}/api/datasets/{repo}/tree/main"
     info = hub_file_info(endpoint, repo, kind="datasets")
     if info:
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".{LISTING}.tmp{os.getpid()}"
-        tmp.write_text(json.dumps(info))
-        os.replace(tmp, directory / LISTING)
+        write_file(directory / LISTING, lambda f: f.write(json.dumps(info)))
     elif (directory / LISTING).is_file():  # offline: the list saved by an earlier download
         info = {k: tuple(v) for k, v in read_json(directory / LISTING).items()}
     else:

@@ -1,19 +1,11 @@
 """
-What a command reads and writes besides a training run: the text and JSON files it is given, and
-its outputs, checked before any work is done and written atomically.
-
-    read_text(path, what)                           a user's UTF-8 file, or one line saying why not
-    parse_json(text, where, kind), read_json(...)   JSON of the expected shape, or one line
-    check_output_file(path, ours, force, inputs)   may the command write the file path?
-    write_file(path, fill)                          a temporary file beside it, renamed into place
-    check_output_dir(path, ours, force, inputs)    may it write the directory path? (written with
-                                                    checkpoint.write_directory, atomically too)
-
-The rule is the one train.py keeps for its run directory (rundir.py): nothing is replaced that the
-command did not create. An output must be new, or an earlier output of the same command (which
-ours(path) recognises by a marker the command writes into it), and that only with --force. Never
-the command's own input, a run directory or a file of one (last/, best/, metrics.jsonl...), nor
-anything inside a checkpoint. Every refusal is one line, before the work starts.
+What a command reads and writes besides a training run: the text and JSON files it is given
+(read_text, parse_json, read_json: the right shape or one line), and its outputs, checked before
+any work is done (check_output_file, check_output_dir) and written atomically (write_file, and
+checkpoint.write_directory for a directory). The rule, train.py's for its run directory: nothing is
+replaced that the command did not create. An output must be new, or an earlier output of the same
+command (which ours(path) recognises by a mark the command writes into it), and that only with
+--force; never the command's input, a run directory or its files, nor anything in a checkpoint.
 """
 
 import json
@@ -32,23 +24,14 @@ def check_output_file(path, ours, force, inputs=(), flag="--out"):
     _refuse_protected(path, inputs, flag)
     if path.is_dir():
         raise UserError(f"{path} is a directory; {flag} takes the name of a file")
-    if not path.exists():
-        return
-    if not ours(path):
-        raise UserError(f"{path} already exists and was not written by this command; choose "
-                        f"another {flag} (nothing was changed)")
-    if not force:
-        raise UserError(f"{path} already exists; choose another {flag}, or pass --force to "
-                        "replace it")
+    if path.exists():
+        _replace_ours(path, ours, force, flag, "was not written by this command; choose another "
+                                               f"{flag} (nothing was changed)")
 
 
 def check_output_dir(path, ours, force, inputs=(), flag="--out_dir"):
-    """Refuse, in one line, to write the directory path over anything the command did not create.
-
-    path must not be, contain, or lie inside a checkpoint or run directory (it may be a checkpoint
-    that ours() recognises, such as an earlier import); if it exists and is not empty, ours(path)
-    must say it holds an earlier output of the same command, and force must be set to replace
-    it."""
+    """As check_output_file, for a directory: it must not be, contain, or lie inside a checkpoint
+    or run directory (it may be a checkpoint that ours() recognises, such as an earlier import)."""
     path = Path(path)
     _refuse_protected(path, inputs, flag)
     if path.exists() and not path.is_dir():
@@ -56,12 +39,16 @@ def check_output_dir(path, ours, force, inputs=(), flag="--out_dir"):
     if not path.is_dir() or not any(path.iterdir()):
         return
     if holds_run(path) or any(holds_run(p) for p in path.iterdir() if p.is_dir()):
-        raise UserError(f"{path} holds a training run; choose another {flag} (nothing was "
-                        "changed)")
+        raise UserError(f"{path} holds a training run; choose another {flag} (nothing was changed)")
+    shown = ", ".join(sorted(p.name for p in path.iterdir())[:5])
+    _replace_ours(path, ours, force, flag, f"holds files this command did not write ({shown}); "
+                                           f"choose another {flag}")
+
+
+def _replace_ours(path, ours, force, flag, not_ours):
+    """An existing path is replaced only if ours(path) says it is ours, and with force."""
     if not ours(path):
-        shown = ", ".join(sorted(p.name for p in path.iterdir())[:5])
-        raise UserError(f"{path} already exists and holds files this command did not write "
-                        f"({shown}); choose another {flag}")
+        raise UserError(f"{path} already exists and {not_ours}")
     if not force:
         raise UserError(f"{path} already exists; choose another {flag}, or pass --force to "
                         "replace it")
@@ -72,8 +59,7 @@ def _refuse_protected(path, inputs, flag):
     or one of the command's inputs."""
     inside = enclosing_checkpoint(path)
     if inside is not None and inside != path.resolve():
-        raise UserError(f"{path} lies inside the checkpoint {inside}; choose an {flag} outside "
-                        "it")
+        raise UserError(f"{path} lies inside the checkpoint {inside}; choose an {flag} outside it")
     if path.name in (*RUN_FILES, ".lock") and holds_run(path.parent):
         raise UserError(f"{path} belongs to the run in {path.parent}; choose another {flag}")
     for given in inputs:
@@ -105,9 +91,8 @@ def write_file(path, fill, binary=False):
 
 
 def read_text(path, what=""):
-    """A UTF-8 text file's contents, or one line naming it (what: "prompt file", "--file", ...) and
-    why it cannot be read: missing, unreadable, or not UTF-8 (where it fails). Every text a user
-    gives a script is read here."""
+    """A UTF-8 text file's contents, or one line naming it (what: "--file", ...) and why not:
+    missing, unreadable, not UTF-8 (where). Every text a user gives a script is read here."""
     named = f"{what} {path}" if what else str(path)
     try:
         return Path(path).read_text(encoding="utf-8")

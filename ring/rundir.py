@@ -1,22 +1,16 @@
 """
-The run directory (out_dir) of a training run, and the rules that keep it safe.
+The run directory (out_dir) of a training run, the rules that keep it safe (RunDirectory), and what
+a run prints as it goes (Progress) and at its end (report_end).
 
     out/run/
         last/            the latest checkpoint, with what resuming needs (checkpoint.py)
         best/            the best one by validation: weights and config only
         metrics.jsonl    one JSON object per logged step or evaluation: the run's record
         tensorboard/     the same numbers as TensorBoard events, with --tensorboard=True
-        .lock            who is writing here, while a run does
-
-It also prints what a run reports as it goes (Progress) and at its end (report_end).
-
-The rules: one writer at a time (a second run on the same out_dir is refused, naming the first); a
-new run never replaces a run it did not make unless told to (--overwrite=True); a resumed run
-continues metrics.jsonl where its checkpoint was saved, so every iteration is logged once; nothing
-is written inside a checkpoint; OS errors are one line naming the path. Only rank 0 touches the
-directory.
+        .lock            who is writing here, while a run does (one writer at a time)
 """
 
+import contextlib
 import json
 import os
 import socket
@@ -38,14 +32,12 @@ def is_checkpoint(path):
 
 
 def holds_run(path):
-    """Does path hold a training run: a last/ or best/ checkpoint, or a metrics.jsonl?"""
     path = Path(path)
     return (path / "metrics.jsonl").is_file() or any(
         is_checkpoint(path / name) for name in ("last", "best", ".last.old", ".best.old"))
 
 
 def enclosing_checkpoint(path):
-    """The checkpoint directory that path is or lies inside, or None."""
     for parent in (Path(path).resolve(), *Path(path).resolve().parents):
         if is_checkpoint(parent):
             return parent
@@ -53,10 +45,9 @@ def enclosing_checkpoint(path):
 
 
 def take_lock(path, holder, advice):
-    """An exclusive lock on the directory path, which the OS releases when the process ends,
-    however it ends (kill -9 included): no stale lock to clean up. path/.lock says who holds it, so
-    that a second process is refused in one line naming the first. Returns what release_lock
-    takes (None where there is no flock: Windows)."""
+    """An exclusive lock on the directory path, which the OS releases however the process ends
+    (kill -9 included): no stale lock. path/.lock names the holder for a second process's one line.
+    Returns what release_lock takes (None where there is no flock: Windows)."""
     try:
         import fcntl
     except ImportError:
@@ -66,10 +57,8 @@ def take_lock(path, holder, advice):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        try:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
             holder += f", {(Path(path) / '.lock').read_text()[:200].strip()}"
-        except (OSError, UnicodeDecodeError):
-            pass
         raise UserError(f"{path} is in use by {holder}; wait for it to {advice}") from None
     (Path(path) / ".lock").write_text(f"pid {os.getpid()} on {socket.gethostname()} since "
                                       f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
@@ -84,20 +73,16 @@ def release_lock(path, fd):
 
 class RunDirectory:
     """out_dir while a run writes to it: the lock, the checks, metrics.jsonl and TensorBoard.
-
-    open() checks the directory and locks it before any data is prepared or model built; start()
-    replaces an earlier run (--overwrite) once everything else has been checked, so a mistyped
-    dataset never costs the old run."""
+    open() checks and locks it before any data is prepared or model built; start() replaces an
+    earlier run (--overwrite) once all else is checked, so a mistyped dataset never costs it."""
 
     def __init__(self, path, resume=False, overwrite=False, tensorboard=False, is_main=True):
-        self.path = Path(path)
-        self.resume, self.overwrite, self.tensorboard = resume, overwrite, tensorboard
-        self.is_main = is_main
+        self.path, self.resume, self.overwrite = Path(path), resume, overwrite
+        self.tensorboard, self.is_main = tensorboard, is_main
         self._lock = self._writer = None
         self._created = False  # out_dir did not exist: removed again if the run writes nothing
 
     def open(self):
-        """Check the directory and take it, before any data is prepared or model built."""
         if not self.is_main:
             return self
         inside = enclosing_checkpoint(self.path)
@@ -119,13 +104,12 @@ class RunDirectory:
         return self
 
     def start(self):
-        """Begin writing: with --overwrite, remove the earlier run's own files (nothing else in
-        out_dir), then open TensorBoard. Called once the data and the model are ready."""
+        """Begin writing, once the data and the model are ready: with --overwrite, remove the
+        earlier run's own files (nothing else in out_dir), then open TensorBoard."""
         if not self.is_main:
             return
         if not self.resume and self.overwrite and holds_run(self.path):
-            from ring.checkpoint import remove
-
+            from ring.checkpoint import remove  # here: checkpoint.py (via files.py) imports us
             for name in RUN_FILES:
                 remove(self.path / name)
         self._created = False  # the run's files go here now
@@ -141,19 +125,17 @@ class RunDirectory:
         self._writer = SummaryWriter(str(self.path / "tensorboard"), purge_step=purge_step)
 
     def log_position(self):
-        """Where metrics.jsonl ends now: stored in each resumable checkpoint, so that a resume
-        continues the log exactly there."""
+        """Where metrics.jsonl ends now: stored in each resumable checkpoint, for continue_log."""
         path = self.path / "metrics.jsonl"
         return {"log_bytes": path.stat().st_size if path.is_file() else 0}
 
     def continue_log(self, saved, iter_num):
         """On resume: drop what metrics.jsonl (and TensorBoard) got after the checkpoint was saved,
-        so every iteration is logged once. A log shorter than it was then is refused in one line:
-        resuming would silently lose rows."""
+        so every iteration is logged once; a log shorter than then is refused (rows were lost)."""
         if not self.is_main:
             return
         path, size = self.path / "metrics.jsonl", saved["log_bytes"]
-        if (path.stat().st_size if path.is_file() else 0) < size:
+        if self.log_position()["log_bytes"] < size:
             raise UserError(f"{path} is shorter than when {self.path / 'last'} was saved (cut or "
                             "replaced since); put the original back, or move it away to resume "
                             "with a new log")
@@ -165,8 +147,7 @@ class RunDirectory:
             self._writer.close()
             self._open_tensorboard(purge_step=iter_num + 1)
 
-    def log(self, row):
-        """Append one row to metrics.jsonl (and its numbers to TensorBoard)."""
+    def log(self, row):  # to metrics.jsonl, and its numbers to TensorBoard
         if not self.is_main:
             return
         path = self.path / "metrics.jsonl"
@@ -177,8 +158,7 @@ class RunDirectory:
             raise UserError(f"cannot write {path}: {e.strerror}") from None
         if self._writer is not None:
             for key, value in row.items():
-                number = isinstance(value, (int, float)) and not isinstance(value, bool)
-                if key != "iter" and number:
+                if key != "iter" and _is_number(value):
                     self._writer.add_scalar(key, value, row["iter"])
             self._writer.flush()
 
@@ -196,6 +176,10 @@ class RunDirectory:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -235,9 +219,7 @@ class Progress:
 
 def last_evaluation(evaluated_at, metrics):
     """'; its last evaluation, at iter N: val_loss ...', or ''."""
-    if not metrics:
-        return ""
-    return f"; its last evaluation, at iter {evaluated_at}: {summary(metrics)}"
+    return f"; its last evaluation, at iter {evaluated_at}: {summary(metrics)}" if metrics else ""
 
 
 def report_end(is_main, last, iter_num, stopped_by, evaluated_at, metrics):
@@ -253,8 +235,7 @@ def report_end(is_main, last, iter_num, stopped_by, evaluated_at, metrics):
 
 def summary(metrics):
     return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                     for k, v in metrics.items()
-                     if isinstance(v, (int, float)) and not isinstance(v, bool))
+                     for k, v in metrics.items() if _is_number(v))
 
 
 def duration(seconds):

@@ -1,15 +1,8 @@
 """
-Where and how a run computes: device, precision, processes, random state and stop signals.
-
-Everything here is plumbing that the training scripts call by one name each:
-
-    rt = setup_runtime(device, dtype)       the device, the autocast precision, the DDP rank
-    with rt.autocast(): ...                 mixed precision (a no-op in float32)
-    rt.make_scaler()                        a GradScaler for float16, else None
-    print0(rt, ...), main_process_first     rank-0 printing, downloads done once
-    any_rank(rt, flag), mean_over_ranks     agreeing across processes
-    rng_state / set_rng_state               every rank's RNG, for exact resume
-    StopRequest                             Ctrl-C and SIGTERM: finish the step, save, exit
+Where and how a run computes: the device and autocast precision (setup_runtime, Runtime), the
+processes (print0, main_process_first, any_rank, mean_over_ranks), every rank's random state for
+exact resume (rng_state), Ctrl-C and SIGTERM (StopRequest), torch.compile (maybe_compile): plumbing
+that the training scripts call by one name each.
 """
 
 import contextlib
@@ -33,42 +26,30 @@ from ring.config import UserError
 
 def resolve_device(requested):
     """'auto' picks cuda, then mps, then cpu."""
+    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
     if requested == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
+        return next((kind for kind, is_available in available.items() if is_available()), "cpu")
     kind = requested.split(":")[0]
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' asked for, but PyTorch sees no CUDA GPU (use --device=cpu "
-                        "or auto)")
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise UserError("device 'mps' asked for, but it is not available (use --device=cpu or "
-                        "auto)")
     if kind not in ("cpu", "cuda", "mps"):
         raise UserError(f"unknown device '{requested}' (use auto, cpu, cuda, cuda:N or mps)")
+    if kind != "cpu" and not available[kind]():
+        why = "PyTorch sees no CUDA GPU" if kind == "cuda" else "it is not available"
+        raise UserError(f"device '{kind}' asked for, but {why} (use --device=cpu or auto)")
     return requested
 
 
 def resolve_dtype(requested, device_type, bf16_native):
-    """The autocast precision for a device, and whether it needs a GradScaler.
-
-    bfloat16 has float32's exponent range, so gradients do not underflow and no loss scaling is
-    needed. float16 has a 5-bit exponent: small gradients flush to zero unless the loss is scaled up
-    before backward and the gradients scaled back down before the step (GradScaler), which is what
-    CUDA GPUs without bf16 (before Ampere) and Apple GPUs without it must do.
-
-    On a CPU, 'auto' means bfloat16 only where the CPU multiplies bf16 natively (AVX-512 BF16 or
-    AMX): there it trains faster than float32 at the same loss (README, "bf16 on CPU"); elsewhere
-    bf16 is emulated and slower, so float32. float16 on a CPU is slow, but allowed when asked for:
-    it runs the same code path as a GPU without bf16 (the tests use it to check the GradScaler
-    loop)."""
+    """The autocast precision for a device, and whether it needs a GradScaler. bfloat16 has
+    float32's exponent range: gradients do not underflow, no loss scaling is needed. float16 has a
+    5-bit exponent: small gradients flush to zero unless the loss is scaled up before backward and
+    the gradients back down before the step (GradScaler), as CUDA GPUs without bf16 (before Ampere)
+    and Apple GPUs without it must do. On a CPU, 'auto' means bfloat16 only where the CPU multiplies
+    bf16 natively (AVX-512 BF16 or AMX): faster than float32 at the same loss
+    (README, "bf16 on CPU"); elsewhere bf16 is emulated and slower. float16 on a CPU is slow, but
+    allowed: it runs a GPU's code path without bf16 (the tests check the GradScaler loop with it)."""
     if requested == "auto":
-        if device_type in ("cuda", "mps"):
-            requested = "bfloat16" if bf16_native else "float16"
-        else:
-            requested = "bfloat16" if bf16_native else "float32"
+        gpu = device_type in ("cuda", "mps")
+        requested = "bfloat16" if bf16_native else "float16" if gpu else "float32"
     if requested not in ("float32", "bfloat16", "float16"):
         raise UserError(f"unknown dtype '{requested}' (use auto, float32, bfloat16 or float16)")
     if requested == "bfloat16" and not bf16_native and device_type != "cpu":  # CPUs can emulate it
@@ -78,7 +59,6 @@ def resolve_dtype(requested, device_type, bf16_native):
 
 
 def bf16_native(device_type):
-    """Does the device compute in bfloat16 natively?"""
     if device_type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device_type == "mps":
@@ -119,8 +99,7 @@ class Runtime:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=getattr(torch, self.dtype))
 
-    def make_scaler(self):
-        """A GradScaler for float16, else None."""
+    def make_scaler(self):  # for float16, else None
         return torch.amp.GradScaler(self.device_type) if self.use_scaler else None
 
     def to_device(self, *tensors):
@@ -156,8 +135,7 @@ def setup_runtime(device="auto", dtype="auto"):
     return Runtime(device, device_type, dtype, use_scaler, rank, local_rank, world_size)
 
 
-def print0(rt, *args, **kwargs):
-    """print on rank 0 only."""
+def print0(rt, *args, **kwargs):  # on rank 0 only
     if rt.is_main:
         print(*args, **kwargs, flush=True)
 
@@ -169,19 +147,16 @@ def keep_freed_memory():
     back at once and maps it anew, and every page of it then faults on first touch: 19-22% of the
     CPU time of a 124M fine-tuning step on the reference CPU. Linux with glibc only; a no-op
     elsewhere. Memory stays at its peak, as a GPU's caching allocator keeps it."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-4, 0)  # M_MMAP_MAX: no block is mmap-ed on its own...
         libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD: ...and the heap's free top is kept
-    except (OSError, AttributeError):
-        pass
 
 
 @contextlib.contextmanager
 def session(device="auto", dtype="auto"):
-    """What every run does around its work: resolve device and precision (joining the DDP process
-    group under torchrun), and leave the process group however the run ends. On a CPU, freed
-    memory is kept for the next step (keep_freed_memory)."""
+    """What every run does around its work: setup_runtime, keep_freed_memory on a CPU, and leaving
+    the process group however the run ends."""
     rt = setup_runtime(device, dtype)
     if rt.device_type == "cpu":
         keep_freed_memory()
@@ -198,27 +173,23 @@ def session(device="auto", dtype="auto"):
 
 def main_process_first(rt, fn):
     """fn() on rank 0, then on the other ranks once rank 0 is done: downloads and caches are written
-    once, by one process, and the others read them. If rank 0 fails, the others stop too (they would
-    otherwise wait at the barrier until torchrun's timeout)."""
+    once. If rank 0 fails, the others stop too (not waiting at a barrier for torchrun's timeout)."""
     failed = None
     if rt.is_main:
         try:
             result = fn()
         except BaseException as e:
             failed = e
-    if rt.world_size > 1:
-        if any_rank(rt, failed is not None):
-            raise failed if failed is not None else UserError("rank 0 failed")
-    elif failed is not None:
-        raise failed
+    if any_rank(rt, failed is not None):  # one process: the flag itself
+        raise failed if failed is not None else UserError("rank 0 failed")
     if not rt.is_main:
         result = fn()
     return result
 
 
 def any_rank(rt, flag):
-    """True on every rank if flag is True on any: a decision all processes must take together (stop
-    at this step, give up). A collective: every rank must call it."""
+    """True on every rank if flag is True on any: a decision all processes take together (a
+    collective: every rank must call it)."""
     if rt.world_size == 1:
         return flag
     t = torch.tensor([int(flag)], device=rt.device if rt.device_type == "cuda" else "cpu")
@@ -227,8 +198,8 @@ def any_rank(rt, flag):
 
 
 def sum_over_ranks(rt, value):
-    """The sum of a tensor over all processes (a collective), where value is (on the CPU for
-    gloo, on the GPU for NCCL)."""
+    """The sum of a tensor over all processes (a collective: on the CPU for gloo, on the GPU for
+    NCCL), on value's device."""
     if rt.world_size == 1:
         return value
     reduced = value.to(rt.device if rt.device_type == "cuda" else "cpu", copy=True)
@@ -257,8 +228,7 @@ def peak_flops(rt):
 
 
 def peak_memory(rt):
-    """(bytes, what was measured): the GPU's peak allocation, or the process's peak resident
-    memory."""
+    """(bytes, what was measured): the GPU's peak allocation, or the process's peak RSS."""
     if rt.device_type == "cuda":
         return torch.cuda.max_memory_allocated(rt.device), "peak GPU memory allocated"
     try:
@@ -275,8 +245,7 @@ def maybe_compile(model, enabled, rt, trial, parts=None):
     the first call, so trial(compiled) makes one, the RNG state kept."""
     if not enabled:
         return model
-    # Dynamo traces through functools.lru_cache (the cached masks of fastpaths.py): what we want,
-    # but it warns.
+    # Dynamo traces through functools.lru_cache (fastpaths.py's cached masks), as wanted, but warns.
     warnings.filterwarnings("ignore", message=".*functools.lru_cache.*-wrapped function")
     if rt.device_type == "cpu":
         # On CPU, inductor writes the token embedding's gradient as a parallel scatter with atomic
@@ -306,7 +275,7 @@ def maybe_compile(model, enabled, rt, trial, parts=None):
 
 def rng_state(rt):
     """Every rank's RNG state (a list, rank by rank): under DDP each rank draws its own dropout
-    masks. A collective operation: all ranks must call it."""
+    masks. A collective: all ranks must call it."""
     state = {"torch": torch.get_rng_state()}
     if rt.device_type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(rt.device)
@@ -339,9 +308,8 @@ class StopRequest:
 
     SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
-    def __init__(self, verbose=True):
-        self.reason = None  # what was received, e.g. "Ctrl-C"
-        self.verbose = verbose  # rank 0 only: torchrun passes signals to every process
+    def __init__(self, verbose=True):  # verbose on rank 0 only: torchrun signals every process
+        self.reason, self.verbose = None, verbose  # reason: what was received, e.g. "Ctrl-C"
 
     def __enter__(self):
         self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}

@@ -1,14 +1,10 @@
 """
-Labelled tables for classification: the named datasets and their downloads, reading tables of any
-kind (CSV, TSV, JSON Lines, gzip-compressed or not), and their tokens, cached.
-
-    resolve_cls_dataset(dataset, data_dir)   the files of a named dataset, downloaded once
-    table_rows(f, path), read_table(path)    the rows of a table, each problem one line
-    load_labelled_file(path, ..., cache_dir) a file's texts, labels and tokens (cached by sha256)
-
-Each file is read, checked and tokenized once; the result is cached in data_dir/cls/, keyed by the
-file's sha256 and the options, so later runs start at once. What a classifier then makes of the
-examples (cut to its context, split, sampled, checked for leaks) is data.py's.
+Labelled tables for classification: the named datasets and their downloads (resolve_cls_dataset),
+reading tables of any kind (CSV, TSV, JSON Lines, gzip-compressed or not: table_rows, read_table),
+and their tokens (load_labelled_file). Each file is read, checked and tokenized once, and cached in
+data_dir/cls/, keyed by the file's sha256 and the options, so later runs start at once. What a
+classifier then makes of the examples (cut to its context, split, sampled, checked for leaks) is
+data.py's.
 """
 
 import csv
@@ -27,23 +23,22 @@ import numpy as np
 
 from ring.config import UserError
 from ring.download import download, sha256_of
-from ring.files import parse_json
+from ring.files import parse_json, write_file
 
 # Named datasets: where their files come from, and which columns hold the text and the label.
-_TWEETS = "https://huggingface.co/datasets/mteb/tweet_sentiment_extraction/resolve/d604517c81ca91fe16a244d1248fc021f9ecee7a"
-_FAKE_NEWS = "https://raw.githubusercontent.com/diptamath/covid_fake_news/030deba36d118c124709fd72d7d5f14c7bc69053/data"
+_TWEETS = ("https://huggingface.co/datasets/mteb/tweet_sentiment_extraction/resolve/"
+           "d604517c81ca91fe16a244d1248fc021f9ecee7a")
+_FAKE_NEWS = ("https://raw.githubusercontent.com/diptamath/covid_fake_news/"
+              "030deba36d118c124709fd72d7d5f14c7bc69053/data")
 CLS_DATASETS = {
     # Kaggle's Tweet Sentiment Extraction (27,481 / 3,534 tweets), as published by MTEB, pinned to a
-    # revision of the Hugging Face repository (a file at a fixed revision cannot change, so no
-    # sha256 is needed).
+    # revision of the hub's repository (a file at a fixed revision cannot change: no sha256 needed).
     "tweet_sentiment": {
-        "files": {"train": (f"{_TWEETS}/train.jsonl", None, None),
-                  "test": (f"{_TWEETS}/test.jsonl", None, None)},
-        "text_column": "text",
-        "label_column": "label_text",  # names (negative, neutral, positive); 'label' has their ids
+        "files": {split: (f"{_TWEETS}/{split}.jsonl", None, None) for split in ("train", "test")},
+        # label_text has the names (negative, neutral, positive); 'label' has their ids
+        "text_column": "text", "label_column": "label_text",
     },
-    # CONSTRAINT-2021 COVID-19 fake news (Patwa et al.): 6,420 / 2,140 / 2,140 posts labelled real
-    # or fake.
+    # CONSTRAINT-2021 COVID-19 fake news (Patwa et al.): 6,420 / 2,140 / 2,140 posts, real or fake.
     "fake_news": {
         "files": {
             "train": (f"{_FAKE_NEWS}/Constraint_Train.csv",
@@ -53,18 +48,15 @@ CLS_DATASETS = {
             "test": (f"{_FAKE_NEWS}/english_test_with_labels.csv",
                      "7152fc681884a22013218c5dd9a73c6fd99d4b084705723e1e49d18c97ca8281", 424950),
         },
-        "text_column": "tweet",
-        "label_column": "label",
+        "text_column": "tweet", "label_column": "label",
     },
     # The Large Movie Review Dataset (Maas et al. 2011): 25,000 / 25,000 reviews, positive or
-    # negative. One archive of 100,000 small files, turned into two CSV files once (see
-    # imdb_archive_to_csv).
+    # negative; one archive of 100,000 small files, turned into two CSV files once.
     "imdb": {
         "archive": ("https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
                     "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe", 84125825),
         "files": {"train": "train.csv.gz", "test": "test.csv.gz"},
-        "text_column": "review",
-        "label_column": "sentiment",
+        "text_column": "review", "label_column": "sentiment",
     },
 }
 
@@ -76,7 +68,6 @@ LABEL_COLUMNS = ("label_text", "label", "labels", "sentiment", "class", "categor
 
 def imdb_archive_to_csv(archive, out_dir):
     """Turn aclImdb_v1.tar.gz into train.csv.gz and test.csv.gz (id, review, sentiment, rating).
-
     The archive is read as a stream, member by member, so its 100,000 files are never unpacked to
     disk. Reviews are aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt; the unlabelled train/unsup
     ones are skipped."""
@@ -99,9 +90,7 @@ def imdb_archive_to_csv(archive, out_dir):
     for split, split_rows in rows.items():
         tmp = Path(out_dir) / f".{split}.csv.gz.tmp{os.getpid()}"
         with gzip.open(tmp, "wt", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["id", "review", "sentiment", "rating"])
-            writer.writerows(split_rows)
+            csv.writer(f).writerows([["id", "review", "sentiment", "rating"], *split_rows])
         os.replace(tmp, Path(out_dir) / f"{split}.csv.gz")
 
 
@@ -127,14 +116,12 @@ def resolve_cls_dataset(dataset, data_dir):
                   f"{', '.join(p.name for p in paths.values())}", file=sys.stderr)
             imdb_archive_to_csv(archive, directory)
     else:
-        paths = {}
-        for split, (url, sha256, size) in spec["files"].items():
-            paths[split] = download(url, directory / url.rsplit("/", 1)[-1], sha256, size, what=how)
+        paths = {split: download(url, directory / url.rsplit("/", 1)[-1], sha256, size, what=how)
+                 for split, (url, sha256, size) in spec["files"].items()}
     return paths, spec["text_column"], spec["label_column"]
 
 
 def table_kind(path):
-    """'jsonl', 'csv' or 'tsv' for a table (optionally .gz), else None."""
     kind = Path(path).name.lower().removesuffix(".gz").rsplit(".", 1)[-1]
     return kind if kind in ("jsonl", "csv", "tsv") else None
 
@@ -207,8 +194,7 @@ def _lines(numbers):
 
 
 def read_table(path):
-    """(columns, rows) of a .csv, .tsv or .jsonl file, optionally gzip-compressed; rows are (line,
-    {column: value})."""
+    """(columns, rows: (line, {column: value})) of a .csv, .tsv or .jsonl file, maybe .gz."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} not found")
@@ -226,11 +212,9 @@ def pick_columns(columns, text_column, label_column, path, need_label=True):
     ("title,text"): their values are joined. Empty names are guessed from common ones. Without
     need_label, a label column that cannot be guessed is None (texts to predict)."""
     found = ", ".join(columns)
-    if text_column:
-        texts = [c.strip() for c in text_column.split(",")]
-    else:
-        texts = [_guess(columns, TEXT_COLUMNS, f"which column holds the text in {path} (columns: "
-                                               f"{found}); pass --text_column")]
+    texts = ([c.strip() for c in text_column.split(",")] if text_column else
+             [_guess(columns, TEXT_COLUMNS, f"which column holds the text in {path} (columns: "
+                                            f"{found}); pass --text_column")])
     label = label_column or _guess([c for c in columns if c not in texts], LABEL_COLUMNS,
                                    f"which column holds the label in {path} (columns: {found}); "
                                    "pass --label_column", required=need_label)
@@ -242,12 +226,10 @@ def pick_columns(columns, text_column, label_column, path, need_label=True):
 
 def _guess(columns, candidates, question, required=True):
     by_lower = {c.lower(): c for c in columns}
-    for name in candidates:
-        if name in by_lower:
-            return by_lower[name]
-    if required:
+    found = next((by_lower[name] for name in candidates if name in by_lower), None)
+    if found is None and required:
         raise UserError(f"cannot tell {question}")
-    return None
+    return found
 
 
 @dataclass
@@ -276,10 +258,9 @@ HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
 
 def load_labelled_file(path, text_column, label_column, tokenizer, cache_dir):
-    """The examples of one file, tokenized whole; cached in cache_dir (data.read_labelled cuts them
-    to a model's context). Rows with an empty text or label are skipped and counted. The cache key
-    is the file's sha256 plus every option that changes the result, so editing the file or an
-    option rebuilds it."""
+    """The examples of one file, tokenized whole (data.read_labelled cuts them to a model's
+    context); rows with an empty text or label skipped and counted. Cached in cache_dir, keyed by
+    the file's sha256 and every option that changes the result: editing either rebuilds it."""
     path = Path(path)
     options = [sha256_of(path), text_column, label_column, tokenizer.to_dict(), CLS_CACHE_VERSION]
     key = hashlib.sha256(json.dumps(options).encode()).hexdigest()[:16]
@@ -302,9 +283,8 @@ def load_labelled_file(path, text_column, label_column, tokenizer, cache_dir):
 
 def classifier_text(text):
     """A text as a classifier reads it: HTML line breaks (<br />, as in the IMDB reviews) become
-    newlines. Every path a text takes into a classifier goes through here, so that it is read the
-    same way in training (table_texts) and after (metrics.classify_texts: evaluate.py --predict,
-    sample.py --text and --file). Applying it twice changes nothing."""
+    newlines. Every text takes this path into a classifier, in training (table_texts) and after
+    (metrics.classify_texts: evaluate.py --predict, sample.py --text and --file). Idempotent."""
     return HTML_BREAK.sub("\n", text)
 
 
@@ -323,9 +303,7 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 def spreadsheet_safe(cell):
     """A CSV cell that a spreadsheet shows as text and never runs: a string that begins with =, +,
     -, @, a tab or a carriage return gets a single quote in front. Other values are unchanged."""
-    if isinstance(cell, str) and cell.startswith(FORMULA_STARTS):
-        return "'" + cell
-    return cell
+    return "'" + cell if isinstance(cell, str) and cell.startswith(FORMULA_STARTS) else cell
 
 
 def _tokenize_file(path, text_column, label_column, tokenizer, cache):
@@ -348,22 +326,15 @@ def _tokenize_file(path, text_column, label_column, tokenizer, cache):
         raise UserError("vocabularies larger than 65536 do not fit the uint16 token cache")
     stats = {"text_columns": text_columns, "label_column": label_column,
              "skipped": len(skipped_lines), "skipped_lines": skipped_lines[:10]}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.savez(f, ids=np.concatenate(tokens), offsets=np.cumsum([0] + [len(t) for t in tokens]),
-                 labels=np.array(labels), texts=np.frombuffer(b"".join(texts), dtype=np.uint8),
-                 text_offsets=np.cumsum([0] + [len(t) for t in texts]),
-                 stats=np.array(json.dumps(stats)))
-    os.replace(tmp, cache)
+    arrays = dict(ids=np.concatenate(tokens), offsets=np.cumsum([0] + [len(t) for t in tokens]),
+                  labels=np.array(labels), texts=np.frombuffer(b"".join(texts), dtype=np.uint8),
+                  text_offsets=np.cumsum([0] + [len(t) for t in texts]),
+                  stats=np.array(json.dumps(stats)))
+    write_file(cache, lambda f: np.savez(f, **arrays), binary=True)
 
 
 def sorted_labels(names):
     """The distinct label names in a stable order: numerically when they are all integers ("2" after
     "10" would surprise), else alphabetically."""
     distinct = set(names.tolist())
-    if all(n.lstrip("-").isdigit() for n in distinct):
-        return sorted(distinct, key=int)
-    return sorted(distinct)
-
-
+    return sorted(distinct, key=int if all(n.lstrip("-").isdigit() for n in distinct) else None)
