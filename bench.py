@@ -288,11 +288,15 @@ def in_scratch(command, scratch):
     return moved
 
 
-def final_val_loss(scratch, command):
-    """The last val_loss that a train.py / finetune.py command wrote to its metrics.jsonl."""
+def final_val_loss(scratch, command, output):
+    """The last val_loss that a train.py / finetune.py command wrote to its metrics.jsonl, or, for
+    another program (nanoGPT's train.py, say), the last "val loss X" it printed."""
     path = Path(scratch) / "out_dir" / "metrics.jsonl"
-    rows = [json.loads(line) for line in read_text(path, "metrics file").splitlines()]
-    losses = [r["val_loss"] for r in rows if "val_loss" in r]
+    if path.is_file():
+        losses = [json.loads(line).get("val_loss") for line in read_text(path).splitlines()]
+    else:
+        losses = re.findall(r"val[ _]loss[ :=]+([0-9.]+)", output)
+    losses = [float(v) for v in losses if v is not None]
     if not losses:
         raise UserError(f"the command logged no val_loss: {command}")
     return losses[-1]
@@ -303,11 +307,11 @@ def run_in_scratch(command):
     with tempfile.TemporaryDirectory(prefix="bench-race-") as scratch:
         moved = in_scratch(command, scratch)
         start = time.perf_counter()
-        done = subprocess.run(moved, shell=True, stdout=subprocess.DEVNULL)
+        done = subprocess.run(moved, shell=True, capture_output=True, text=True)
         wall = time.perf_counter() - start
         if done.returncode:
             raise UserError(f"the command failed (exit status {done.returncode}): {command}")
-        return wall, final_val_loss(scratch, command)
+        return wall, final_val_loss(scratch, command, done.stdout)
 
 
 def bench_race(args):

@@ -168,7 +168,7 @@ class BadRequest(Exception):
 
 
 def get(fields, name, kinds, default=None):
-    """fields[name] of one of the types kinds (True is not a number), or default (None: required)."""
+    """fields[name], of one of the types kinds (True is no number), or default (None: required)."""
     value = default if fields.get(name) is None else fields[name]
     if value is None:
         raise BadRequest(f"'{name}' is missing")

@@ -114,6 +114,10 @@ def build_classifier(cfg, labels, rt):
 RESUME_KEYS = ("block_size", "truncation", "freeze", "lora_rank", "lora_alpha")
 
 
+# --------------------------------------------------------------------------------------------------
+# The runs
+
+
 def adapt(model, resume, rt, cfg):
     """Decide what trains (lora.choose_trainable); when resuming a LoRA run, take the unmerged LoRA
     weights back from train_state.pt (last/ holds them merged)."""
@@ -129,10 +133,6 @@ def adapt(model, resume, rt, cfg):
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print0(rt, f"parameters: {total / 1e6:.2f}M, {trainable / 1e6:.3f}M trainable "
                f"({100 * trainable / total:.2f}%)")
-
-
-# --------------------------------------------------------------------------------------------------
-# The runs
 
 
 def run_classification(cfg):

@@ -147,10 +147,10 @@ def hellaswag_scores(model, examples, device, batch_size=8, total=lambda counts:
     a Machine Really Finish Your Sentence?", Zellers et al. 2019; as build-nanogpt and llm.c score
     GPT-2): each of the four endings is appended to the context, " " + ending, and the model's
     cross-entropy on the ending's tokens alone (given the context) is its cost. acc picks the ending
-    with the lowest summed cost, acc_norm the lowest mean cost per token, which does not favour short
-    endings. A text longer than the model's context keeps its last block_size + 1 tokens. Published
-    in this style on the 10,042 validation examples: GPT-2 124M acc 0.2859, acc_norm 0.2955; GPT-2
-    XL 0.3842, 0.4893; random 0.25.
+    with the lowest summed cost, acc_norm the lowest mean cost per token, which does not favour
+    short endings. A text longer than the model's context keeps its last block_size + 1 tokens.
+    Published in this style on the 10,042 validation examples: GPT-2 124M acc 0.2859, acc_norm
+    0.2955; GPT-2 XL 0.3842, 0.4893; chance 0.25.
 
     examples: hellaswag_tokens's. total(counts) adds up the counts of every process when each
     scores its share of the examples (train.py); one process scores them all."""

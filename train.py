@@ -114,13 +114,14 @@ class LanguageModelling:
         model.eval()
         out = {}
         for split, batches in self.eval_sets.items():
-            total = torch.zeros(3, device=self.rt.device)  # the targets' loss, count and bytes
-            for x, y in batches:
-                loss = model(x, y)[1].float()
-                total += torch.stack([loss * y.numel(), torch.ones_like(loss) * y.numel(),
-                                      self.token_bytes[y].sum().float()])
-            loss, count, size = sum_over_ranks(self.rt, total).tolist()
-            out[f"{split}_loss"], bytes_per_token = loss / count, size / count
+            # each batch's loss summed over this process's rows, their targets and bytes; added up
+            # over the processes, and divided back into the batch's mean (exactly, in float64)
+            sums = torch.tensor([[model(x, y)[1].item() * y.numel(), y.numel(),
+                                  self.token_bytes[y].sum().item()] for x, y in batches],
+                                dtype=torch.float64)
+            sums = sum_over_ranks(self.rt, sums)
+            out[f"{split}_loss"] = (sums[:, 0] / sums[:, 1]).float().mean().item()
+            bytes_per_token = (sums[:, 2].sum() / sums[:, 1].sum()).item()
         # Perplexity, exp(mean cross-entropy): the number of equally likely tokens the model is as
         # unsure as. Bits per byte: see bits_per_byte.
         out["val_perplexity"] = math.exp(out["val_loss"])

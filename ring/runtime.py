@@ -45,8 +45,8 @@ def resolve_dtype(requested, device_type, bf16_native):
     the gradients back down before the step (GradScaler), as CUDA GPUs without bf16 (before Ampere)
     and Apple GPUs without it must do. On a CPU, 'auto' means bfloat16 only where the CPU multiplies
     bf16 natively (AVX-512 BF16 or AMX): faster than float32 at the same loss
-    (README, "bf16 on CPU"); elsewhere bf16 is emulated and slower. float16 on a CPU is slow, but
-    allowed: it runs a GPU's code path without bf16 (the tests check the GradScaler loop with it)."""
+    (docs/results.md); elsewhere bf16 is emulated and slower. float16 on a CPU is slow but
+    allowed: it runs a GPU's code path without bf16 (the tests check the GradScaler loop)."""
     if requested == "auto":
         gpu = device_type in ("cuda", "mps")
         requested = "bfloat16" if bf16_native else "float16" if gpu else "float32"

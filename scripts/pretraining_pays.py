@@ -72,7 +72,7 @@ def pretrain(corpus, out):
 def budget(task, n):
     """The fine-tuning budget of a run on n labels (0: all), the same from scratch and pretrained:
     at least 300 steps of 32 (small n: many epochs, the best checkpoint by validation accuracy is
-    kept), and at most 2 epochs of all the labels; an evaluation every 25 steps when they are few."""
+    kept), at most 2 epochs of all the labels; an evaluation every 25 steps when they are few."""
     if n and n <= 1000:
         return ["--max_iters=300", "--eval_interval=25"]
     return ["--epochs=2", "--eval_interval=100" if n else "--eval_interval=250"]
@@ -152,6 +152,10 @@ def book(data, out):
         best = min((r for r in rows if "val_loss" in r), key=lambda r: r["val_loss"])
         print(f"| Alice, {init} | {best['val_loss']:.3f} | {best['val_perplexity']:.1f} | "
               f"{best['val_bpb']:.3f} |")
+    run(["sample.py", "--compare", str(out / "runs/alice-scratch"),
+         str(out / "runs/alice-pretrained"), "--start", "The Queen turned to Alice and said",
+         "--temperature=0", "--max_new_tokens=60", "--dtype=float32"], out / "alice-samples.txt")
+    print((out / "alice-samples.txt").read_text())
 
 
 def main():
