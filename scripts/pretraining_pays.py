@@ -72,7 +72,11 @@ def pretrain(corpus, out):
 def budget(task, n):
     """The fine-tuning budget of a run on n labels (0: all), the same from scratch and pretrained:
     at least 300 steps of 32 (small n: many epochs, the best checkpoint by validation accuracy is
-    kept), at most 2 epochs of all the labels; an evaluation every 25 steps when they are few."""
+    kept), at most 2 epochs of all the labels; an evaluation every 25 steps when they are few.
+    Validation is 500 examples (stratified, the same for every run): few labels come with few
+    labels to choose a checkpoint by, and it keeps the evaluations cheap. The settings (full
+    fine-tuning at 1e-3) had the best mean validation accuracy over both starting points among
+    1e-3, 1e-4, LoRA rank 8 and the head alone, on 100 and 1,000 tweets (seed 1)."""
     if n and n <= 1000:
         return ["--max_iters=300", "--eval_interval=25"]
     return ["--epochs=2", "--eval_interval=100" if n else "--eval_interval=250"]
@@ -88,6 +92,7 @@ def finetune(data, out, task, n, seed, init):
             ["--init_from=scratch", *SHAPE]
         run(["finetune.py", f"--dataset={data / train}", f"--test_dataset={data / test}",
              *columns, *start, *budget(task, n), f"--max_train_samples={n}", f"--seed={seed}",
+             "--max_val_samples=500",
              "--block_size=128", "--batch_size=32", "--learning_rate=1e-3", "--min_lr=1e-4",
              "--warmup_iters=30", "--weight_decay=0.1", "--dropout=0.1", "--dtype=float32",
              f"--data_dir={out / 'data'}", f"--out_dir={run_dir}", "--overwrite=True"],
