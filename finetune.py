@@ -77,10 +77,10 @@ class Classification:
         return self.val_batches[0]
 
     def extra_evaluations(self, max_iters):
-        """The end of each epoch (the steps that take an epoch's last batch), unless an epoch is
-        shorter than eval_interval: on a few labels, epochs of a few steps would be evaluated at
-        every few steps, and every eval_interval steps is enough."""
-        if self.steps_per_epoch < self.cfg.eval_interval:
+        """The end of each epoch (the steps that take an epoch's last batch), unless epochs are
+        shorter than eval_interval and eval_interval is shorter than the run: on a few labels an
+        epoch is a few steps, and every eval_interval steps is then enough."""
+        if self.steps_per_epoch < self.cfg.eval_interval < max_iters:
             return set()
         done = [math.floor(step / self.steps_per_epoch) for step in range(max_iters + 1)]
         return {step for step in range(1, max_iters + 1) if done[step] > done[step - 1]}
@@ -236,7 +236,7 @@ HELP = {
     "tokenizer": "cls: gpt2 (always); gen: as train.py's --tokenizer",
     "max_iters": "optimizer steps in total (0: as many as --epochs take)",
     "eval_interval": "evaluate and write last/ every this many steps (cls: also at each epoch's "
-                     "end, when an epoch is at least this long)",
+                     "end, unless epochs are shorter than this and this is shorter than the run)",
     "eval_iters": "gen: batches per split in an evaluation (cls evaluates the whole validation "
                   "split)",
     "block_size": "context length in tokens; cls: texts are cut to it (batches are padded only to "

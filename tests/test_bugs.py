@@ -225,7 +225,8 @@ def test_a_classification_step_weighs_each_micro_batch_by_its_rows(tmp_path, ran
 
 def test_epochs_end_with_an_evaluation_unless_they_are_shorter_than_eval_interval(tmp_path):
     # On a few labels an epoch is a few steps: evaluating at each epoch's end would evaluate every
-    # few steps. Epochs shorter than eval_interval are evaluated every eval_interval steps only.
+    # few steps. Epochs shorter than eval_interval are then evaluated every eval_interval steps,
+    # unless eval_interval is as long as the run (then the epochs' ends are its evaluations).
     import finetune
     from data import GPT2Tokenizer, load_classification_data
     from ring.runtime import setup_runtime
@@ -235,11 +236,12 @@ def test_epochs_end_with_an_evaluation_unless_they_are_shorter_than_eval_interva
     data = load_classification_data(str(tmp_path / "train.csv"), GPT2Tokenizer(),
                                     tmp_path / "data", val_fraction=0.1)  # 90 rows: 3 batches
     rt = setup_runtime("cpu", "float32")
-    for interval, expected in ((2, {3, 6, 9, 12}), (3, {3, 6, 9, 12}), (4, set())):
+    epochs = {3, 6, 9, 12}
+    for interval, expected in ((2, epochs), (3, epochs), (4, set()), (12, epochs), (20, epochs)):
         cfg = finetune.FinetuneConfig(batch_size=32, eval_interval=interval, seed=0)
         objective = finetune.Classification(cfg, rt, data, 50256)
         assert objective.steps_per_epoch == 3
-        assert objective.extra_evaluations(12) == expected
+        assert objective.extra_evaluations(12) == expected  # 12, 20: epochs are all there is
 
 
 def test_the_test_split_is_scored_with_best_and_the_baseline_is_the_majority(tmp_path, capsys):
