@@ -1,7 +1,7 @@
 # A character-level GPT on Tiny Shakespeare, sized for a laptop CPU: val loss 1.54 in 8 minutes.
 #   python train.py configs/shakespeare.py                      # the text ships in datasets/
 #   python train.py configs/shakespeare.py --dataset=other.txt   # or any UTF-8 text file
-# On the 2-core reference CPU (AVX-512 BF16) it is below val 1.55 from step 4,000 and ends at 1.544
+# On the 2-core AVX-512 CPU (BF16) it is below val 1.55 from step 4,000 and ends at 1.544
 # after 5,000 steps (best 1.538): 8 minutes, data preparation and compiling included
 # (docs/results.md).
 # configs/shakespeare_quick.py reaches nanoGPT's CPU result (val 1.88) in half a minute.
