@@ -251,8 +251,8 @@ class EvaluateSettings:
     device: str = setting("auto | cpu | cuda | cuda:N | mps", "auto")
     dtype: str = setting("precision of the weights", "auto",
                          ("auto", "float32", "bfloat16", "float16"))
-    quantize: str = setting("int8: weight-only int8 weights (quantize.py): saves memory, not "
-                            "time, on a CPU", "", ("", "int8"))
+    quantize: str = setting("int8: weight-only int8 weights (quantize.py), a quarter of "
+                            "float32's memory", "", ("", "int8"))
 
     POSITIONAL = ("checkpoint",)
 
